@@ -1,0 +1,1 @@
+"""The ``queuechat`` command line: one entry point, subcommands loaded lazily."""

@@ -1,0 +1,3 @@
+from queuechat.cli import main
+
+main()

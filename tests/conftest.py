@@ -1,0 +1,65 @@
+"""Fixtures: a live reference server on loopback (port 0) and wire clients.
+
+Set QUEUECHAT_TEST_VARIANT to the name of a deliberately wrong model in
+``variants.py`` to run the same tests against it (test_variants.py does).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import trio
+
+from reference_server.domain import QueueChatModel
+from reference_server.protocol import Limits
+from reference_server.server import QueueChatServer
+from wire import LiveServer
+
+TEST_SECRET = "test-secret-not-for-production"
+
+StartServer = Callable[..., Awaitable[LiveServer]]
+
+
+def _model_class() -> type[QueueChatModel]:
+    name = os.environ.get("QUEUECHAT_TEST_VARIANT")
+    if not name:
+        return QueueChatModel
+    from variants import VARIANTS
+
+    return VARIANTS[name].model
+
+
+@pytest.fixture
+async def start_server(nursery: trio.Nursery) -> AsyncIterator[StartServer]:
+    """Start servers with chosen limits; all are shut down (R46) at the end of the test."""
+    started: list[QueueChatServer] = []
+
+    async def start(limits: Limits | None = None, **options: Any) -> LiveServer:
+        server = QueueChatServer(secret=TEST_SECRET, limits=limits, stats_interval_s=None,
+                                 model_class=_model_class(), **options)
+        url = await nursery.start(lambda task_status: server.serve(host="127.0.0.1", port=0,
+                                                                   task_status=task_status))
+        started.append(server)
+        return LiveServer(url=url, secret=TEST_SECRET, server=server, nursery=nursery)
+
+    yield start
+    for server in started:
+        await server.shutdown()
+
+
+@pytest.fixture
+async def live(start_server: StartServer) -> LiveServer:
+    """A server with the contract's default limits."""
+    return await start_server()
+
+
+_room_counter = iter(range(1, 10**9))
+
+
+@pytest.fixture
+def room() -> str:
+    """A fresh room slug per test."""
+    return f"room-{next(_room_counter)}"
