@@ -50,6 +50,7 @@ class ServerStatistics:
     rate_limited: int
     lost_connections: int
     hello_timeouts: int
+    internal_errors: int = 0
     errors_by_code: dict[str, int] = field(default_factory=dict)
     rooms_active: int = 0
     patients_present: int = 0
@@ -63,6 +64,7 @@ class _Counters:
         "frames_in",
         "frames_out",
         "hello_timeouts",
+        "internal_errors",
         "lost_connections",
         "rate_limited",
         "slow_reader_drops",
@@ -77,6 +79,7 @@ class _Counters:
         self.rate_limited = 0
         self.lost_connections = 0
         self.hello_timeouts = 0
+        self.internal_errors = 0
         self.errors_by_code: dict[str, int] = {}
 
 
@@ -210,6 +213,7 @@ class QueueChatServer:
             rate_limited=c.rate_limited,
             lost_connections=c.lost_connections,
             hello_timeouts=c.hello_timeouts,
+            internal_errors=c.internal_errors,
             errors_by_code=dict(c.errors_by_code),
             rooms_active=model["rooms_active"],
             patients_present=model["patients_present"],
@@ -283,14 +287,30 @@ class QueueChatServer:
         return self._wall_base + (current - self._mono_base)
 
     async def _handle_request(self, request: WebSocketRequest) -> None:
-        if request.path != WS_PATH:
-            await request.reject(404, body=b"queuechat speaks WebSocket at /v1/ws\n")
-            return
-        ws = await request.accept()
-        if self._stopping:
-            with trio.move_on_after(self._close_timeout_s):
-                await ws.aclose(CloseCode.GOING_AWAY, "server shutting down")
-            return
+        """One connection, from handshake to close; nothing that goes wrong here reaches other sessions."""
+        ws: WebSocketConnection | None = None
+        try:
+            if request.path != WS_PATH:
+                await request.reject(404, body=b"queuechat speaks WebSocket at /v1/ws\n")
+                return
+            ws = await request.accept()
+            if self._stopping:
+                with trio.move_on_after(self._close_timeout_s):
+                    await ws.aclose(CloseCode.GOING_AWAY, "server shutting down")
+                return
+            await self._serve_connection(ws)
+        except ConnectionClosed:
+            return  # the peer went away during the handshake
+        except Exception as error:
+            # A bug, not the peer's doing: count it, log its type only (an exception's text
+            # could quote a frame), and close this connection alone with 1011.
+            self._counters.internal_errors += 1
+            log.error("connection.internal_error", error=type(error).__name__)
+            if ws is not None:
+                with trio.move_on_after(self._close_timeout_s):
+                    await ws.aclose(1011, "internal error")
+
+    async def _serve_connection(self, ws: WebSocketConnection) -> None:
         conn = _Connection(next(self._ids), ws, self.limits)
         self._connections[conn.id] = conn
         self._counters.connections_total += 1
@@ -326,6 +346,10 @@ class QueueChatServer:
 
     async def _reader(self, conn: _Connection) -> None:
         ws, model, counters = conn.ws, self._model, self._counters
+        max_bytes = self.limits.max_frame_bytes
+        # trio-websocket bounds a text message in characters; R41 bounds it in bytes. A text
+        # of n characters is at most 4n bytes, so only long ones need encoding to check.
+        surely_small = max_bytes // 4
         while True:
             try:
                 raw = await ws.get_message()
@@ -333,6 +357,11 @@ class QueueChatServer:
                 return
             conn.alive()
             counters.frames_in += 1
+            if conn.close_after is not None:
+                continue  # closing: nothing more from this connection reaches the model
+            if len(raw) > surely_small and len(raw.encode() if isinstance(raw, str) else raw) > max_bytes:
+                conn.push_close(CloseCode.TOO_BIG, f"frame over {max_bytes} bytes")
+                continue
             self._apply(model.receive(conn.id, raw, self._now()))
 
     def _apply(self, effects: list[Effect]) -> None:

@@ -48,6 +48,9 @@ async def start_server(nursery: trio.Nursery) -> AsyncIterator[StartServer]:
     yield start
     for server in started:
         await server.shutdown()
+    for server in started:
+        # A server bug is contained to one connection and counted; no test may hide one.
+        assert server.statistics().internal_errors == 0, "the server hit an internal error"
 
 
 @pytest.fixture
