@@ -39,9 +39,10 @@ def parse_object(raw: str | bytes) -> dict[str, Any]:
         raise ProtocolError(ErrorCode.BAD_FRAME, "frames are JSON objects in text frames, not binary")
     try:
         obj = _json_decode(raw)
-    except msgspec.DecodeError:
-        # msgspec refuses escaped lone surrogates and out-of-range numbers; the
-        # standard library keeps them, so that the field can be named (invalid).
+    except (msgspec.DecodeError, UnicodeEncodeError):
+        # msgspec refuses lone surrogates (escaped, or raw in a str that did not come
+        # through a WebSocket) and out-of-range numbers; the standard library keeps them,
+        # so that the field can be named (invalid).
         try:
             obj = json.loads(raw)
         except (ValueError, RecursionError):
@@ -73,16 +74,6 @@ def checked_ref(obj: dict[str, Any]) -> str | None:
 
 # msgspec's pattern check is a search, where "$" also matches before a final newline.
 _ROOM_EXACT = re.compile(ROOM_PATTERN.removeprefix("^").removesuffix("$"))
-_FIELD_AT = re.compile(r"at `\$\.([A-Za-z0-9_]+)")
-_MISSING = re.compile(r"missing required field `([A-Za-z0-9_]+)`")
-
-
-def _field_of(error: msgspec.ValidationError) -> str:
-    text = str(error)
-    match = _FIELD_AT.search(text) or _MISSING.search(text)
-    return match.group(1) if match else "type"
-
-
 _FIELD_HINTS: Final = {
     "ref": "must be a string of at most 64 characters",
     "room": "must match [a-z0-9-]{1,64}",
@@ -103,21 +94,64 @@ def _invalid(field: str) -> ProtocolError:
 
 
 def validate(obj: dict[str, Any], payload_type: type[R]) -> R:
-    """Check ``ref`` and the payload's fields; raise ``invalid`` naming the first bad field."""
+    """Check ``ref`` and the payload's fields; raise ``invalid`` naming the first bad field
+    in the order the payload declares its fields (not the order the frame lists them)."""
     if "ref" in obj and checked_ref(obj) is None:
         raise _invalid("ref")
     try:
         request = msgspec.convert(obj, payload_type)
-    except msgspec.ValidationError as error:
-        raise _invalid(_field_of(error)) from None
+    except (msgspec.ValidationError, UnicodeEncodeError):
+        # The slow path. msgspec also raises UnicodeEncodeError on a lone surrogate
+        # (which only the standard library's decoder lets through) in a key or in a
+        # string it must match: an unknown field is ignored whatever it holds.
+        known = {key: value for key, value in obj.items() if key in payload_type.__struct_fields__}
+        bad = _first_bad_field(known, payload_type)
+        if bad is not None:
+            raise _invalid(bad) from None
+        request = msgspec.convert(known, payload_type)
     for field in payload_type.__struct_fields__:
-        value = getattr(request, field)
-        if isinstance(value, str):
-            if has_lone_surrogate(value) or (field == "room" and not _ROOM_EXACT.fullmatch(value)):
-                raise _invalid(field)
-        elif isinstance(value, float) and not math.isfinite(value):
+        if _bad_value(field, getattr(request, field)):
             raise _invalid(field)
     return request
+
+
+def _bad_value(field: str, value: Any) -> bool:
+    if isinstance(value, str):
+        return has_lone_surrogate(value) or (field == "room" and not _ROOM_EXACT.fullmatch(value))
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _first_bad_field(obj: dict[str, Any], payload_type: type[msgspec.Struct]) -> str | None:
+    for info in msgspec.structs.fields(payload_type):
+        if info.name not in obj:
+            if info.required:
+                return info.name
+            continue
+        value = obj[info.name]
+        if _holds_lone_surrogate(value):
+            return info.name
+        try:
+            converted = msgspec.convert(value, info.type)
+        except (msgspec.ValidationError, UnicodeEncodeError):
+            return info.name
+        if _bad_value(info.name, converted):
+            return info.name
+    return None
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    stack = [value]  # iterative: the value may be nested as deep as the JSON decoder allowed
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if has_lone_surrogate(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def encode(frame: ServerFrame) -> str:

@@ -456,7 +456,8 @@ class QueueChatModel:
         patient = room.patients.get(patient_id)
         if patient is not None:
             return patient
-        if patient_id in room.departed:
+        shown = room.box_patient  # the box keeps its departed patient even past the id memory (R9)
+        if patient_id in room.departed or (shown is not None and shown.id == patient_id):
             raise _fail(ErrorCode.PATIENT_GONE, "that patient has left")
         raise _fail(ErrorCode.NOT_FOUND, "no such patient in this room")
 
