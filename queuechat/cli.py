@@ -1,7 +1,8 @@
 """The ``queuechat`` command. Each subcommand imports its machinery only when it runs,
 so that the load tests' gevent never shares a process with Trio.
 
-Exit codes: 0 success, 1 runtime failure, 2 usage error.
+Exit codes: 0 success, 1 runtime failure, 2 usage error (``queuechat load``: 0 pass,
+1 SLO breach, 2 usage or connection error, 3 invalid run).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -52,6 +54,8 @@ class _LimitValue(click.ParamType):  # type: ignore[type-arg]
             self.fail(f"{value!r} is not a {'whole ' if self.kind is int else ''}number", param, ctx)
         if not number > 0:
             self.fail(f"{value!r} must be greater than 0", param, ctx)
+        if number == float("inf"):  # JSON has no infinity: the welcome would show it as null (off)
+            self.fail(f"{value!r} is not a finite number (use 'off' where a limit can be off)", param, ctx)
         return number
 
 
@@ -148,6 +152,158 @@ def token(room: str, secret: str | None) -> None:
     if not re.fullmatch(ROOM_PATTERN.strip("^$"), room):
         raise click.UsageError(f"room must match {ROOM_PATTERN.strip('^$')}")
     click.echo(clinician_token(secret if secret is not None else DEVELOPMENT_SECRET, room))
+
+
+@main.command(context_settings={"show_default": True})
+@click.option("--url", default=None, help="Server to load, ws://HOST:PORT/v1/ws. Without it, the reference "
+              "server is started on loopback with request limits raised for load, and stopped after.")
+@click.option("--secret", envvar="QUEUECHAT_SECRET", default=None, show_default=False,
+              help="The server's secret for clinician tokens (or QUEUECHAT_SECRET); default: the "
+                   "development secret.")
+@click.option("--allow-remote", is_flag=True, help="Allow a --url whose host is not loopback.")
+@click.option("--users", default=10, type=click.IntRange(1, 100_000),
+              help="Users; each is one room: a clinician and its patients.")
+@click.option("--spawn-rate", default=None, type=click.FloatRange(min=0.01), show_default=False,
+              help="Users started per second (default: all within a second).")
+@click.option("--rate", default=100.0, type=click.FloatRange(min=0.0, min_open=True),
+              help="Messages per second in all, both directions, on a schedule (open model).")
+@click.option("--duration", default="30s", help="Run time: seconds, or a span such as 30s, 2m, 1m30s.")
+@click.option("--workers", default=0, type=click.IntRange(0, 256),
+              help="Locust worker processes on this machine (master/worker mode); 0 runs one process.")
+@click.option("--slo", type=click.Path(dir_okay=False, path_type=Path), default=None, show_default=False,
+              help="SLO thresholds (TOML, k6-like); default: loadtests/slo.toml.")
+@click.option("--no-slo", is_flag=True, help="Gate on nothing but the run's validity.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, show_default=False,
+              help="Results folder; default: runs/load-<date-time>.")
+@click.option("--patients-per-room", "patients", default=2, type=click.IntRange(1, 500),
+              help="Patients per room.")
+@click.option("--text-chars", default=64, type=click.IntRange(1, 4096), help="Characters per message.")
+@click.option("--locustfile", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              show_default=False, help="Another Locust file (one that imports loadtests.locustfile's users).")
+def load(url: str | None, secret: str | None, allow_remote: bool, users: int, spawn_rate: float | None,
+         rate: float, duration: str, workers: int, slo: Path | None, no_slo: bool, out: Path | None,
+         patients: int, text_chars: int, locustfile: Path | None) -> None:
+    """Load a server with Locust, measure message delivery and request latencies, gate on SLOs.
+
+    Exit codes: 0 pass, 1 SLO breach, 2 usage or connection error, 3 invalid run
+    (a load generator was short of CPU, or nothing could be measured).
+    """
+    import time
+
+    from ._load import SHIPPED_LOCUSTFILE, SHIPPED_SLO, LoadOptions, LoadUsageError, parse_duration, run
+
+    try:
+        duration_s = parse_duration(duration)
+    except LoadUsageError as error:
+        raise click.UsageError(str(error)) from None
+    if slo is not None and no_slo:
+        raise click.UsageError("--slo and --no-slo exclude each other")
+    if secret is not None and not secret:
+        raise click.UsageError("the secret must not be empty")
+    options = LoadOptions(
+        url=url, secret=secret, allow_remote=allow_remote, users=users,
+        spawn_rate=spawn_rate if spawn_rate is not None else float(users), rate=rate, duration_s=duration_s,
+        workers=workers, slo=None if no_slo else (slo or SHIPPED_SLO).resolve(),
+        out=(out or Path("runs") / time.strftime("load-%Y%m%d-%H%M%S")).resolve(),
+        patients=patients, text_chars=text_chars,
+        locustfile=(locustfile or SHIPPED_LOCUSTFILE).resolve(),
+    )
+    sys.exit(run(options, echo=lambda line: click.echo(line)))
+
+
+@main.command()
+@click.option("--url", default=None, help="The server's WebSocket endpoint, e.g. ws://127.0.0.1:8765/v1/ws.")
+@click.option("--secret", envvar="QUEUECHAT_SECRET", default=None,
+              help="The server's clinician-token secret (or QUEUECHAT_SECRET).")
+@click.option("--cases", "cases", multiple=True, metavar="GLOB",
+              help="Run only cases whose id matches (repeat, or separate with commas), e.g. 'R11*'.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out cases whose id matches.")
+@click.option("--known-failures", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File of case ids or globs (one a line, then a reason) whose failures don't fail the run.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for result.json and report.html.")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write JUnit XML here.")
+@click.option("--allow-remote", is_flag=True, help="Allow a server that is not on a loopback address.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Cases run at once.")
+@click.option("--case-timeout-s", type=click.FloatRange(1, 600), default=20.0, show_default=True,
+              help="Time allowed to each case (cases that wait for a server timer get more).")
+@click.option("--max-connections", type=click.IntRange(3, 20000), default=100, show_default=True,
+              help="Connections one case may open; capacity cases needing more are skipped.")
+@click.option("--max-wait-s", type=click.FloatRange(0, 600), default=12.0, show_default=True,
+              help="Longest server timer a case waits for; timer cases needing more are skipped.")
+@click.option("--grace-s", type=click.FloatRange(0.05, 30), default=1.0, show_default=True,
+              help="How long a missing frame is waited for after the ping barrier.")
+@click.option("--list", "list_only", is_flag=True, help="List the cases (with --cases/--exclude) and exit.")
+@click.option("--quiet", is_flag=True, help="Print only the summary lines.")
+def conformance(url: str | None, secret: str | None, cases: tuple[str, ...], exclude: tuple[str, ...],
+                known_failures: Path | None, out_dir: Path | None, junit: Path | None, allow_remote: bool,
+                concurrency: int, case_timeout_s: float, max_connections: int, max_wait_s: float,
+                grace_s: float, list_only: bool, quiet: bool) -> None:
+    """Check a server against the protocol contract, case by case (docs/conformance.md).
+
+    Exit codes: 0 no unexpected failure (known failures allowed), 1 an unexpected failure,
+    2 a usage or connection error.
+    """
+    from . import _conformance
+
+    if list_only:
+        sys.exit(_conformance.list_cases(cases, exclude))
+    if url is None:
+        raise click.UsageError("--url is required (the server's ws:// endpoint)")
+    if secret is None:
+        raise click.UsageError("--secret (or QUEUECHAT_SECRET) is required: the clinician-token secret")
+    _conformance.main(_conformance.ConformanceOptions(
+        url=url, secret=secret, cases=cases, exclude=exclude, known_failures=known_failures, out=out_dir,
+        junit=junit, allow_remote=allow_remote, concurrency=concurrency, case_timeout_s=case_timeout_s,
+        max_connections=max_connections, max_wait_s=max_wait_s, grace_s=grace_s, quiet=quiet,
+    ))
+
+
+@main.command()
+@click.argument("scenario")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=None,
+              help="Override the scenario's seed.")
+@click.option("--duration", default=None, metavar="D",
+              help="Cap the run (virtual or real), e.g. 90s, 15m, 2h; the healing phase shrinks to fit.")
+@click.option("--url", default=None, metavar="ws://HOST:PORT/v1/ws",
+              help="Run the agents over real sockets, in real time, against this server.")
+@click.option("--secret", envvar="QUEUECHAT_SECRET", default=None,
+              help="With --url: the server's clinician-token secret (or QUEUECHAT_SECRET); default: the "
+                   "development secret, on loopback only.")
+@click.option("--allow-remote", is_flag=True, help="Allow a --url that is not a loopback address.")
+@click.option("--out", default="sim-out", show_default=True, metavar="DIR",
+              help="Where the history (JSON Lines) and the summary go.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show a progress bar on stderr (default: when stderr is a terminal).")
+@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="In-process only: split the rooms among this many processes (the history is the same "
+                   "for the same seed and jobs).")
+@click.option("--quiet", is_flag=True, help="Print only the violations.")
+def simulate(scenario: str, seed: int | None, duration: str | None, url: str | None, secret: str | None,
+             allow_remote: bool, out: str, progress: bool | None, jobs: int, quiet: bool) -> None:
+    """Run SCENARIO (a name in scenarios/ or a TOML file) and check the history against the rules.
+
+    Default: in-process, in virtual time, against the reference server. Exit codes: 0 no violation,
+    1 violations found, 2 usage or scenario error.
+    """
+    from . import _simulate
+
+    _simulate.simulate(scenario, seed, duration, url, secret, allow_remote, out, progress, quiet, jobs)
+
+
+@main.command()
+@click.argument("history", type=click.Path(dir_okay=False))
+@click.option("--quiet", is_flag=True, help="Print only the violations.")
+def check(history: str, quiet: bool) -> None:
+    """Re-check a saved simulation HISTORY (JSON Lines) against the rules.
+
+    Exit codes: 0 no violation, 1 violations found, 2 the history cannot be read.
+    """
+    from . import _simulate
+
+    _simulate.check(history, quiet)
 
 
 if __name__ == "__main__":  # pragma: no cover

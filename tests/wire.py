@@ -57,6 +57,9 @@ class WireClient:
             try:
                 raw = await self.ws.get_message()
             except ConnectionClosed as closed:
+                # trio-websocket 0.12's client leaves its socket to the garbage collector
+                # after a close the server started (a ResourceWarning); let go of it here.
+                await trio.aclose_forcefully(self.ws._stream)
                 reason = closed.reason
                 raise Closed(reason.code if reason else None, reason.reason if reason else None) from None
         assert isinstance(raw, str), "server sent a binary frame"
