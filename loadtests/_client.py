@@ -1,0 +1,232 @@
+"""One WebSocket connection to a queue-chat server, for gevent: websocket-client plus a reader greenlet.
+
+The reader decodes each frame with the project's protocol module and hands
+it on: answers (``ok``/``error`` with a ``ref`` of a waiting request) wake
+the request; ``message`` events go to ``on_message`` with the time they were
+read; other events to ``on_event``; errors of fire-and-forget sends (their
+``ref`` is the send's key) to ``on_send_error``.
+
+Exceptions raised here carry codes and entry names only, never a frame's
+text or a name: Locust shows and saves their messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable
+from time import perf_counter
+from typing import Any
+
+import gevent  # type: ignore[import-untyped]  # gevent ships no type information
+import msgspec
+import websocket
+from gevent.event import AsyncResult  # type: ignore[import-untyped]
+
+from reference_server.protocol import decode_event
+
+from ._wsbuffer import buffer_reads
+
+_refs = itertools.count(1)
+_json_encode = msgspec.json.Encoder().encode
+
+
+class LoadTestError(Exception):
+    """Base of the errors the load users report to Locust (codes only, no user text)."""
+
+
+class ServerError(LoadTestError):
+    """The server answered ``error{code}``."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(f"server answered error {code}")
+        self.code = code
+
+
+class NoAnswer(LoadTestError):
+    """No answer (or no expected event) within the timeout."""
+
+    code = "timeout"
+
+    def __init__(self, what: str, timeout_s: float) -> None:
+        super().__init__(f"no {what} within {timeout_s:g} s")
+
+
+class Disconnected(LoadTestError):
+    """The connection ended when the user did not end it."""
+
+    code = "disconnected"
+
+    def __init__(self, close_code: int | None) -> None:
+        shown = f"close {close_code}" if close_code is not None else "dropped without a close"
+        super().__init__(f"connection ended ({shown})")
+        self.close_code = close_code
+
+
+class ConnectFailed(LoadTestError):
+    """The WebSocket could not be opened (refused, handshake failed, timed out)."""
+
+    code = "connect_failed"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"cannot connect: {reason}")
+
+
+def describe_connect_error(error: BaseException) -> str:
+    """A short reason for a failed connect; the exception's own text may quote a server's HTTP body."""
+    status = getattr(error, "status_code", None)
+    if status is not None:
+        return f"HTTP {status} instead of a WebSocket upgrade"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, TimeoutError | websocket.WebSocketTimeoutException):
+        return "timed out"
+    if isinstance(error, OSError):
+        return error.strerror or type(error).__name__
+    return type(error).__name__
+
+
+class Connection:
+    """One connection with a reader greenlet; requests are matched to answers by ``ref``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        on_message: Callable[[dict[str, Any], float, int], None],
+        on_event: Callable[[dict[str, Any], float], None],
+        on_send_error: Callable[[str, str], None],
+        on_closed: Callable[[Connection, int | None], None],
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.url = url
+        self._on_message = on_message
+        self._on_event = on_event
+        self._on_send_error = on_send_error
+        self._on_closed = on_closed
+        self._connect_timeout_s = connect_timeout_s
+        self._ws: Any = None
+        self._reader: gevent.Greenlet | None = None
+        self._waiters: dict[str, AsyncResult] = {}
+        self.open = False
+        self.expect_close = False  # set before a close the user causes (end_call, leave, stop)
+        self.close_code: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def connect(self) -> None:
+        try:
+            ws = websocket.WebSocket(skip_utf8_validation=True, enable_multithread=True)
+            ws.connect(self.url, timeout=self._connect_timeout_s,  # type: ignore[no-untyped-call]
+                       suppress_origin=True)
+        except Exception as error:  # websocket-client raises many kinds; all mean "could not connect"
+            raise ConnectFailed(describe_connect_error(error)) from None
+        ws.settimeout(None)
+        buffer_reads(ws)
+        self._ws = ws
+        self.open = True
+        self._reader = gevent.spawn(self._read_forever)
+
+    def close(self) -> None:
+        """End the connection now (a close frame, no wait for the answer) and stop the reader."""
+        self.expect_close = True
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            # A stalled server may leave no room in the socket for the close frame: do not wait on it.
+            with gevent.Timeout(1.0, False), contextlib.suppress(Exception):  # already gone: nothing to say
+                ws.send_close(1000)
+            with contextlib.suppress(Exception):
+                ws.shutdown()
+        self.open = False
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not gevent.getcurrent():
+            reader.kill(block=True, timeout=2.0)
+        self._fail_waiters(Disconnected(None))
+
+    # ------------------------------------------------------------------ sending
+
+    def send_bytes(self, data: bytes) -> None:
+        ws = self._ws
+        if ws is None:
+            raise Disconnected(self.close_code)
+        try:
+            ws.send(data, websocket.ABNF.OPCODE_TEXT)
+        except Exception:
+            raise Disconnected(self.close_code) from None
+
+    def request(self, frame: dict[str, Any], *, timeout_s: float,
+                what: str) -> tuple[dict[str, Any], float, int]:
+        """Send a request with a fresh ``ref``; return its answer, when it was read (perf_counter)
+        and its size."""
+        ref = f"r{next(_refs)}"
+        frame = {**frame, "ref": ref}
+        waiter = AsyncResult()
+        self._waiters[ref] = waiter
+        try:
+            self.send_bytes(encode_json(frame))
+            try:
+                answer, at, size = waiter.get(timeout=timeout_s)
+            except gevent.Timeout:
+                raise NoAnswer(what, timeout_s) from None
+        finally:
+            self._waiters.pop(ref, None)
+        if answer.get("type") == "error":
+            raise ServerError(str(answer.get("code")))
+        return answer, at, size
+
+    def _fail_waiters(self, error: Exception) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters.values():
+            waiter.set_exception(error)
+
+    # ------------------------------------------------------------------ reading
+
+    def _read_forever(self) -> None:
+        ws = self._ws
+        close_code: int | None = None
+        while True:
+            try:
+                opcode, frame = ws.recv_data_frame(True)
+            except gevent.GreenletExit:
+                raise
+            except Exception:  # the connection broke without a close frame (dropped)
+                break
+            at = perf_counter()
+            if opcode == websocket.ABNF.OPCODE_TEXT:
+                self._dispatch(frame.data, at)  # a bug in handling shows, it is not a disconnect
+            elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                data = frame.data
+                close_code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
+                break
+        self.open = False
+        self.close_code = close_code
+        self._fail_waiters(Disconnected(close_code))
+        if not self.expect_close:
+            self._on_closed(self, close_code)
+
+    def _dispatch(self, raw: bytes, at: float) -> None:
+        try:
+            obj = decode_event(raw)
+        except Exception:  # the frame itself is never shown: it may hold text
+            self._on_send_error("", "unreadable_frame")
+            return
+        kind = obj["type"]
+        if kind == "message":
+            self._on_message(obj, at, len(raw))
+            return
+        ref = obj.get("ref")
+        if kind in ("ok", "error", "welcome"):
+            if isinstance(ref, str):
+                waiter = self._waiters.get(ref)
+                if waiter is not None:
+                    waiter.set((obj, at, len(raw)))
+                    return
+            if kind == "error":
+                self._on_send_error(ref if isinstance(ref, str) else "", str(obj.get("code")))
+            return
+        self._on_event(obj, at)
+
+
+def encode_json(frame: dict[str, Any]) -> bytes:
+    """A request as the bytes of a text frame (msgspec, the protocol module's own codec)."""
+    return _json_encode(frame)

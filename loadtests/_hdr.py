@@ -1,0 +1,455 @@
+"""Latency recording in HDR histograms: per process (:class:`Recorder`) and merged (:class:`Collector`).
+
+Values are microseconds, recorded into HdrHistogram (the ``hdrhistogram``
+package) with three significant digits from 1 µs to one hour. Each
+generator process records into per-interval histograms aligned on the wall
+clock (``interval_s``, 1 s by default); a completed interval is added into
+the process's whole-run histogram and shipped, encoded, to whoever merges
+(the master, or the same process when it runs alone). The merger adds
+encoded histograms, which is lossless: the merged whole-run histogram is
+the one that all samples from every process would have given in one.
+
+Message entries carry two histograms: the latency from the *intended* send
+time (corrected for coordinated omission, as wrk2 does; the primary figure)
+and from the *actual* send time (uncorrected, kept beside it).
+
+No Locust, no gevent, no I/O here except the output writers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]  # hdrhistogram ships no types
+
+LOWEST_US = 1
+HIGHEST_US = 3_600_000_000  # one hour
+SIGNIFICANT_DIGITS = 3
+
+# Every entry the load users measure, in the order reports show them.
+PATIENT_TO_CLINICIAN = "patient_to_clinician"
+CLINICIAN_TO_PATIENT = "clinician_to_patient"
+CLINICIAN_HELLO = "clinician_hello"
+CHECK_IN = "check_in"
+CALL_START = "call_start"
+OPEN_CHAT = "open_chat"
+MESSAGE_ENTRIES = (PATIENT_TO_CLINICIAN, CLINICIAN_TO_PATIENT)
+LATENCY_ENTRIES = (*MESSAGE_ENTRIES, CLINICIAN_HELLO, CHECK_IN, CALL_START, OPEN_CHAT)
+# Counted, not timed: errors (by code, over all entries) and disconnects (by close code).
+ERRORS = "errors"
+DISCONNECTS = "disconnects"
+COUNTED_ENTRIES = (ERRORS, DISCONNECTS)
+
+UNCORRECTED_SUFFIX = ".uncorrected"
+REPORT_PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+
+
+def encode(histogram: HdrHistogram) -> str:
+    """The histogram's standard compressed, base64 form (as in ``.hlog`` files)."""
+    return bytes(histogram.encode()).decode("ascii")
+
+
+def decode(encoded: str) -> HdrHistogram:
+    return HdrHistogram.decode(encoded)
+
+
+def merge(encoded: Iterable[str]) -> HdrHistogram:
+    total = new_histogram()
+    for item in encoded:
+        total.decode_and_add(item)
+    return total
+
+
+def _clamp(value_us: float) -> int:
+    if not value_us > 0:  # also NaN
+        return 0
+    return HIGHEST_US if value_us >= HIGHEST_US else int(value_us)
+
+
+# hdrhistogram's own mean, standard deviation and percentile queries walk every one of the
+# histogram's ~23,000 counters in Python, one call each (about half a second per histogram for the
+# mean). These give the same answers from the non-zero counters only; tests compare them.
+
+
+def _nonzero(histogram: HdrHistogram) -> list[tuple[int, int]]:
+    counts = histogram.counts
+    length = min(histogram.counts_len, len(counts))
+    return [(index, count) for index, count in enumerate(counts[:length]) if count]
+
+
+def percentiles(histogram: HdrHistogram, wanted: Iterable[float]) -> dict[float, int]:
+    """Values at the given percentiles, as ``get_value_at_percentile`` gives them."""
+    nonzero = _nonzero(histogram)
+    out: dict[float, int] = {}
+    for percentile in wanted:
+        target = histogram.get_target_count_at_percentile(percentile)
+        total = 0
+        value = 0
+        for index, count in nonzero:
+            total += count
+            if total >= target:
+                at = histogram.get_value_from_index(index)
+                value = (histogram.get_highest_equivalent_value(at) if percentile
+                         else histogram.get_lowest_equivalent_value(at))
+                break
+        out[percentile] = value
+    return out
+
+
+def mean_and_stddev(histogram: HdrHistogram) -> tuple[float, float]:
+    """``get_mean_value()`` and ``get_stddev()``, in one pass over the non-zero counters."""
+    total = histogram.get_total_count()
+    if not total:
+        return 0.0, 0.0
+    points = [(histogram._hdr_median_equiv_value(histogram.get_value_from_index(index)), count)
+              for index, count in _nonzero(histogram)]
+    mean = float(sum(value * count for value, count in points)) / total
+    variance = sum((value * 1.0 - mean) ** 2 * count for value, count in points) / total
+    return mean, math.sqrt(variance)
+
+
+def reset(histogram: HdrHistogram) -> None:
+    """``histogram.reset()`` without its Python loop over every counter."""
+    counts = histogram.counts
+    ctypes.memset(ctypes.addressof(counts), 0, ctypes.sizeof(counts))
+    histogram.total_count = 0
+    histogram.min_value = sys.maxsize
+    histogram.max_value = 0
+    histogram.start_time_stamp_msec = sys.maxsize
+    histogram.end_time_stamp_msec = 0
+
+
+def summarize(histogram: HdrHistogram) -> dict[str, Any]:
+    """Count, min, mean, max and the report percentiles, in microseconds."""
+    count = histogram.get_total_count()
+    if not count:
+        return {"count": 0}
+    mean, stddev = mean_and_stddev(histogram)
+    out: dict[str, Any] = {
+        "count": count,
+        "min": histogram.get_min_value(),
+        "mean": round(mean, 1),
+        "stddev": round(stddev, 1),
+        "max": histogram.get_max_value(),
+    }
+    for percentile, value in percentiles(histogram, REPORT_PERCENTILES).items():
+        out[f"p{percentile:g}"] = value
+    return out
+
+
+# --------------------------------------------------------------------------- per process
+
+
+class _EntryRecording:
+    __slots__ = ("interval", "interval_uncorrected", "uncorrected", "whole", "whole_uncorrected")
+
+    def __init__(self, uncorrected: bool) -> None:
+        self.uncorrected = uncorrected
+        self.interval = new_histogram()
+        self.whole = new_histogram()
+        self.interval_uncorrected = new_histogram() if uncorrected else None
+        self.whole_uncorrected = new_histogram() if uncorrected else None
+
+
+class Recorder:
+    """One generator process's recordings: latencies per entry and interval, errors, disconnects.
+
+    Not thread-safe; under gevent every greenlet of the process shares it.
+    After :meth:`close`, nothing more is recorded, so that what the final
+    :meth:`drain` reports is exactly what was recorded.
+    """
+
+    def __init__(self, *, interval_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+        if not interval_s > 0:
+            raise ValueError("interval_s must be positive")
+        self.interval_s = interval_s
+        self._clock = clock
+        self._entries: dict[str, _EntryRecording] = {}
+        self._index = self._interval_index()
+        self._completed: list[dict[str, Any]] = []
+        self._errors: dict[str, dict[str, int]] = {}  # entry -> code -> count (whole run)
+        self._errors_sent: dict[str, dict[str, int]] = {}
+        self._disconnects: dict[str, int] = {}  # close code (as text) -> count
+        self._disconnects_sent: dict[str, int] = {}
+        self.counters: dict[str, int] = {}  # informational: skipped sends, in flight at stop, ...
+        self.closed = False
+
+    def _interval_index(self) -> int:
+        return math.floor(self._clock() / self.interval_s)
+
+    def _entry(self, name: str) -> _EntryRecording:
+        entry = self._entries.get(name)
+        if entry is None:
+            entry = self._entries[name] = _EntryRecording(uncorrected=name in MESSAGE_ENTRIES)
+        return entry
+
+    def record(self, name: str, value_us: float, uncorrected_us: float | None = None) -> None:
+        """One sample: ``value_us`` is the primary (for messages: corrected) latency."""
+        if self.closed:
+            return
+        index = math.floor(self._clock() / self.interval_s)
+        if index != self._index:
+            self._roll(index)
+        entry = self._entries.get(name) or self._entry(name)
+        entry.interval.record_value(_clamp(value_us))
+        if entry.interval_uncorrected is not None:
+            uncorrected = value_us if uncorrected_us is None else uncorrected_us
+            entry.interval_uncorrected.record_value(_clamp(uncorrected))
+
+    def error(self, name: str, code: str) -> None:
+        if self.closed:
+            return
+        by_code = self._errors.setdefault(name, {})
+        by_code[code] = by_code.get(code, 0) + 1
+
+    def disconnect(self, close_code: int | None) -> None:
+        if self.closed:
+            return
+        key = str(close_code) if close_code is not None else "dropped"
+        self._disconnects[key] = self._disconnects.get(key, 0) + 1
+
+    def count(self, name: str, n: int = 1) -> None:
+        """An informational counter (not an error): messages skipped, in flight at the end, ..."""
+        if not self.closed:
+            self.counters[name] = self.counters.get(name, 0) + n
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _roll(self, new_index: int, *, partial_end: float | None = None) -> None:
+        """Close the current interval: ship what it holds, add it to the whole run, start the next."""
+        start = self._index * self.interval_s
+        length = self.interval_s
+        if partial_end is not None:
+            length = min(self.interval_s, max(0.0, partial_end - start))
+        for name, entry in self._entries.items():
+            count = entry.interval.get_total_count()
+            if not count:
+                continue
+            item: dict[str, Any] = {
+                "entry": name,
+                "start": start,
+                "length": round(length, 6),
+                "count": count,
+                "hist": encode(entry.interval),
+                "uhist": None,
+            }
+            entry.whole.add(entry.interval)
+            reset(entry.interval)
+            if entry.interval_uncorrected is not None and entry.whole_uncorrected is not None:
+                item["uhist"] = encode(entry.interval_uncorrected)
+                entry.whole_uncorrected.add(entry.interval_uncorrected)
+                reset(entry.interval_uncorrected)
+            self._completed.append(item)
+        self._index = new_index
+
+    def drain(self, *, final: bool = False) -> dict[str, Any]:
+        """What is new since the last drain: completed intervals and error/disconnect count deltas.
+
+        With ``final``, the current (partial) interval is closed too, the
+        recorder is closed, and the whole-run totals are added under
+        ``final``.
+        """
+        now_index = self._interval_index()
+        if final:
+            self._roll(now_index, partial_end=self._clock())
+            self.closed = True
+        elif now_index != self._index:
+            self._roll(now_index)
+        intervals, self._completed = self._completed, []
+        payload: dict[str, Any] = {
+            "intervals": intervals,
+            "errors": _delta(self._errors, self._errors_sent),
+            "disconnects": {k: v - self._disconnects_sent.get(k, 0) for k, v in self._disconnects.items()
+                            if v != self._disconnects_sent.get(k, 0)},
+        }
+        self._errors_sent = {name: dict(codes) for name, codes in self._errors.items()}
+        self._disconnects_sent = dict(self._disconnects)
+        if final:
+            payload["final"] = {
+                "entries": {
+                    name: {
+                        "count": entry.whole.get_total_count(),
+                        "hist": encode(entry.whole),
+                        "uhist": (encode(entry.whole_uncorrected)
+                                  if entry.whole_uncorrected is not None else None),
+                    }
+                    for name, entry in self._entries.items()
+                },
+                "errors": {name: dict(codes) for name, codes in self._errors.items()},
+                "disconnects": dict(self._disconnects),
+                "counters": dict(self.counters),
+            }
+        return payload
+
+
+def _delta(now: Mapping[str, Mapping[str, int]],
+           sent: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for name, codes in now.items():
+        before = sent.get(name, {})
+        changed = {code: n - before.get(code, 0) for code, n in codes.items() if n != before.get(code, 0)}
+        if changed:
+            out[name] = changed
+    return out
+
+
+# --------------------------------------------------------------------------- merged
+
+
+@dataclass
+class _Window:
+    """What arrived since the progress line was last printed."""
+
+    histograms: dict[str, HdrHistogram] = field(default_factory=dict)
+    errors: int = 0
+    disconnects: int = 0
+
+
+class Collector:
+    """Merges what every generator process recorded: progress, the interval log and the whole run."""
+
+    def __init__(self, *, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        # (interval start, tag) -> encoded interval histograms from every source
+        self._intervals: dict[tuple[float, str], list[str]] = {}
+        self._interval_lengths: dict[tuple[float, str], float] = {}
+        self._interval_counts: dict[str, dict[str, int]] = {}  # source -> entry -> samples seen in intervals
+        self.finals: dict[str, dict[str, Any]] = {}  # source -> its final payload (plus extras)
+        self._window = _Window()
+        self.sources: set[str] = set()
+
+    def add_report(self, source: str, payload: Mapping[str, Any]) -> None:
+        self.sources.add(source)
+        counts = self._interval_counts.setdefault(source, {})
+        for item in payload.get("intervals", ()):
+            entry = item["entry"]
+            counts[entry] = counts.get(entry, 0) + int(item["count"])
+            for tag, encoded in ((entry, item["hist"]), (entry + UNCORRECTED_SUFFIX, item.get("uhist"))):
+                if encoded is None:
+                    continue
+                key = (float(item["start"]), tag)
+                self._intervals.setdefault(key, []).append(encoded)
+                self._interval_lengths[key] = max(self._interval_lengths.get(key, 0.0), float(item["length"]))
+            window = self._window.histograms.get(entry)
+            if window is None:
+                window = self._window.histograms[entry] = new_histogram()
+            window.decode_and_add(item["hist"])
+        self._window.errors += sum(sum(codes.values()) for codes in payload.get("errors", {}).values())
+        self._window.disconnects += sum(payload.get("disconnects", {}).values())
+
+    def add_final(self, source: str, payload: Mapping[str, Any]) -> None:
+        """The source's last drain (with ``final``): its last intervals and whole-run totals."""
+        self.add_report(source, payload)
+        self.finals[source] = dict(payload)
+
+    def take_window(self) -> _Window:
+        window, self._window = self._window, _Window()
+        return window
+
+    # ------------------------------------------------------------------ whole run
+
+    def merged(self) -> dict[str, tuple[HdrHistogram, HdrHistogram | None]]:
+        """Entry -> (primary, uncorrected) whole-run histograms, added from every source's final totals."""
+        out: dict[str, tuple[HdrHistogram, HdrHistogram | None]] = {}
+        for final in self.finals.values():
+            for name, entry in final["final"]["entries"].items():
+                primary, uncorrected = out.get(name) or (new_histogram(), None)
+                primary.decode_and_add(entry["hist"])
+                if entry.get("uhist") is not None:
+                    if uncorrected is None:
+                        uncorrected = new_histogram()
+                    uncorrected.decode_and_add(entry["uhist"])
+                out[name] = (primary, uncorrected)
+        return out
+
+    def errors(self) -> dict[str, dict[str, int]]:
+        """Entry -> error code -> count, over every source."""
+        out: dict[str, dict[str, int]] = {}
+        for final in self.finals.values():
+            for name, codes in final["final"]["errors"].items():
+                target = out.setdefault(name, {})
+                for code, n in codes.items():
+                    target[code] = target.get(code, 0) + n
+        return out
+
+    def disconnects(self) -> dict[str, int]:
+        return self._add_up("disconnects")
+
+    def counters(self) -> dict[str, int]:
+        return self._add_up("counters")
+
+    def _add_up(self, key: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for final in self.finals.values():
+            for name, n in final["final"].get(key, {}).items():
+                out[name] = out.get(name, 0) + n
+        return out
+
+    def inconsistent_sources(self) -> list[str]:
+        """Sources whose interval reports do not add up to their final totals (a report was lost)."""
+        bad = []
+        for source, final in self.finals.items():
+            seen = self._interval_counts.get(source, {})
+            totals = {name: entry["count"] for name, entry in final["final"]["entries"].items()}
+            if any(seen.get(name, 0) != n for name, n in totals.items()):
+                bad.append(source)
+        return sorted(bad)
+
+    # ------------------------------------------------------------------ outputs
+
+    def write_hlog(self, path: Path, *, start_time_s: float, comment: str = "") -> int:
+        """Write the interval log (HdrHistogram log format 1.3, one tag per entry); returns its lines."""
+        lines = 0
+        base = min((start for start, _ in self._intervals), default=start_time_s)
+        base = min(base, start_time_s)
+        with open(path, "w", encoding="ascii") as out:
+            out.write("#[Histogram log format version 1.3]\n")
+            if comment:
+                out.write(f"#[{comment}]\n")
+            out.write(f"#[StartTime: {base:.3f} (seconds since epoch), "
+                      f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(base))}Z]\n")
+            out.write(f"#[BaseTime: {base:.3f} (seconds since epoch)]\n")
+            out.write("#[Values are microseconds; Interval_Max is in milliseconds]\n")
+            out.write('"StartTimestamp","Interval_Length","Interval_Max","Interval_Compressed_Histogram"\n')
+            for start, tag in sorted(self._intervals):
+                parts = self._intervals[(start, tag)]
+                histogram = merge(parts) if len(parts) > 1 else decode(parts[0])
+                length = self._interval_lengths[(start, tag)]
+                out.write(f"Tag={tag},{start - base:.3f},{length:.3f},"
+                          f"{histogram.get_max_value() / 1000.0:.3f},{encode(histogram)}\n")
+                lines += 1
+        return lines
+
+
+def write_hgrm(path: Path, histogram: HdrHistogram) -> None:
+    """The percentile distribution in HdrHistogram's ``.hgrm`` text form, values in milliseconds."""
+    buffer = io.BytesIO()
+    mean, stddev = mean_and_stddev(histogram)
+    # The same table and footer as hdrhistogram writes, without its slow mean and deviation.
+    fast = HdrHistogram.decode(encode(histogram))
+    fast.get_mean_value = lambda: mean
+    # hdrhistogram scales the mean but not the deviation; HdrHistogram's .hgrm shows both in the unit.
+    fast.get_stddev = lambda: stddev / 1000.0
+    fast.output_percentile_distribution(buffer, 1000.0)
+    path.write_bytes(buffer.getvalue())
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

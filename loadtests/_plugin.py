@@ -1,0 +1,360 @@
+"""Locust wiring: the ``--qc-*`` options, per-process recording, histograms shipped to the master,
+the results at the end of each test, and the process's exit code.
+
+Roles, from Locust's runner:
+
+- *local* (one process): records, and merges its own results;
+- *worker*: records; every report to the master (Locust's ``report_to_master``
+  event, every 3 s) carries its completed interval histograms, encoded; at
+  the end the master asks for the rest (``queuechat_flush``) and the worker
+  answers with its last intervals and its whole-run histograms
+  (``queuechat_final``), and also writes them to ``workers/`` in the output
+  folder;
+- *master*: merges (adds the encoded histograms: lossless), prints progress,
+  and at the end waits (bounded) for every worker's final answer before it
+  writes the results.
+
+Locust's messaging is used as is (``runner.send_message`` /
+``register_message`` and the report events): no second channel to keep
+secure or alive.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import gevent  # type: ignore[import-untyped]  # gevent ships no type information
+from locust import events
+from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
+
+from . import _report
+from ._cpu import CpuSampler, assess
+from ._hdr import MESSAGE_ENTRIES, Collector, Recorder, new_histogram, percentiles, write_json
+from ._settings import OPTIONS, Settings, from_options, host_problem
+from ._slo import SloError, Threshold, load_thresholds
+
+ROLE_LOCAL, ROLE_MASTER, ROLE_WORKER = "local", "master", "worker"
+MSG_JOIN, MSG_FLUSH, MSG_FINAL = "queuechat_join", "queuechat_flush", "queuechat_final"
+FLUSH_TIMEOUT_S = 15.0
+LOCAL_SOURCE = "local"
+PROGRESS_PREFIX = "queuechat progress:"
+
+
+class ProcessState:
+    """What this Locust process records or merges, for the test that runs now."""
+
+    def __init__(self, environment: Environment, role: str) -> None:
+        self.environment = environment
+        self.role = role
+        self.settings: Settings = from_options(environment.parsed_options)
+        self.recorder = Recorder(interval_s=self.settings.interval_s)
+        self.collector: Collector | None = None
+        self.thresholds: list[Threshold] = []
+        self.run_id: str | None = None
+        self.started_at = time.time()
+        self.cpu: CpuSampler | None = None
+        self.participants: set[str] = set()
+        self.latest_cpu: dict[str, float] = {}
+        self.exit_code: int | None = None
+        self.summary: dict[str, Any] | None = None
+        self._greenlets: list[gevent.Greenlet] = []
+        self._finishing = False
+        self.host_problem: str | None = None
+
+    # ------------------------------------------------------------------ starting
+
+    def read_settings(self) -> None:
+        """Options, checked; the SLO file read (master or single process)."""
+        settings = from_options(self.environment.parsed_options)
+        problems = settings.problems()
+        thresholds: list[Threshold] = []
+        if self.role != ROLE_WORKER and settings.slo:
+            try:
+                thresholds = load_thresholds(settings.slo)
+            except SloError as error:
+                problems.append(str(error))
+        if problems:
+            raise SettingsError("; ".join(problems))
+        self.settings, self.thresholds = settings, thresholds
+
+    def on_test_start(self, environment: Environment, **_: Any) -> None:
+        self._kill_greenlets()
+        try:
+            self.read_settings()
+        except SettingsError as error:  # typed into the web UI: say so, and keep the settings in force
+            print(f"queuechat: {error}; keeping the previous settings", file=sys.stderr, flush=True)
+        problem = host_problem(environment.host, allow_remote=self.settings.allow_remote)
+        self.host_problem = problem
+        if problem is not None and self.role != ROLE_WORKER:
+            print(f"queuechat: {problem}", file=sys.stderr, flush=True)  # the users refuse to start
+        self.recorder = Recorder(interval_s=self.settings.interval_s)
+        self.started_at = time.time()
+        self.exit_code = None
+        self.summary = None
+        self._finishing = False
+        options = environment.parsed_options
+        if self.role == ROLE_WORKER:
+            self.run_id = getattr(options, "queuechat_run_id", None)
+            self._start_cpu()
+            if environment.runner is not None:
+                environment.runner.send_message(MSG_JOIN, {"run": self.run_id})
+            return
+        self.run_id = secrets.token_hex(8)
+        if options is not None:
+            options.queuechat_run_id = self.run_id  # handed to the workers with each spawn
+        self.collector = Collector(interval_s=self.settings.interval_s)
+        self.participants = set()
+        self.latest_cpu = {}
+        if self.role == ROLE_LOCAL:
+            self._start_cpu()
+        if self.settings.progress_s > 0:
+            self._greenlets.append(gevent.spawn(self._progress_forever))
+
+    def _start_cpu(self) -> None:
+        self.cpu = CpuSampler()
+        self._greenlets.append(gevent.spawn(self._sample_cpu_forever, self.cpu))
+
+    def _sample_cpu_forever(self, sampler: CpuSampler) -> None:
+        interval = self.settings.cpu_sample_s
+        while True:
+            gevent.sleep(interval)
+            sampler.sample()
+
+    def _kill_greenlets(self) -> None:
+        current = gevent.getcurrent()
+        greenlets, self._greenlets = self._greenlets, []
+        gevent.killall([g for g in greenlets if g is not current], block=True, timeout=2.0)
+
+    # ------------------------------------------------------------------ recording side
+
+    def _final_payload(self) -> dict[str, Any]:
+        from ._users import LIVE_CLIENTS  # users still running when the master asks (headless --run-time)
+
+        live = list(LIVE_CLIENTS)
+        self.recorder.count("in_flight_at_end", sum(len(client.pending) for client in live))
+        for client in live:
+            client.stopping = True  # the schedule ends: nothing is sent after the measured window
+        cpu = self.cpu
+        verdict: dict[str, Any] = {}
+        if cpu is not None:
+            cpu.sample()
+            verdict = assess(cpu.samples, limit_percent=self.settings.cpu_limit_percent,
+                             sustained_fraction=self.settings.cpu_sustained_fraction,
+                             min_sustained_s=self.settings.cpu_min_sustained_s).as_dict()
+            wait = cpu.mean_wait_ms
+            verdict["mean_wait_for_cpu_ms"] = round(wait, 3) if wait is not None else None
+        payload = self.recorder.drain(final=True)
+        payload["run"] = self.run_id
+        payload["cpu"] = verdict
+        self._kill_greenlets()
+        return payload
+
+    def on_report_to_master(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
+        if self.run_id is None or self.recorder.closed:
+            return
+        payload = self.recorder.drain()
+        payload["run"] = self.run_id
+        payload["cpu_now"] = self.cpu.latest if self.cpu is not None else None
+        data["queuechat"] = payload
+
+    def on_flush(self, environment: Environment, msg: Any, **_: Any) -> None:
+        runner = environment.runner
+        if runner is None or msg.data.get("run") != self.run_id or self.recorder.closed:
+            return
+        payload = self._final_payload()
+        runner.send_message(MSG_FINAL, payload)
+        if self.settings.out:
+            client_id = str(getattr(runner, "client_id", "worker"))
+            folder = Path(self.settings.out) / "workers"
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(folder / f"{_report.safe_name(client_id)}.json", {"id": client_id, **payload})
+
+    # ------------------------------------------------------------------ merging side
+
+    def on_worker_report(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
+        payload = data.get("queuechat")
+        if self.collector is None or not isinstance(payload, dict) or payload.get("run") != self.run_id:
+            return
+        self.participants.add(client_id)
+        if isinstance(payload.get("cpu_now"), int | float):
+            self.latest_cpu[client_id] = float(payload["cpu_now"])
+        self.collector.add_report(client_id, payload)
+
+    def on_join(self, environment: Environment, msg: Any, **_: Any) -> None:
+        if msg.data.get("run") == self.run_id:
+            self.participants.add(msg.node_id)
+
+    def on_final(self, environment: Environment, msg: Any, **_: Any) -> None:
+        if self.collector is not None and msg.data.get("run") == self.run_id:
+            self.collector.add_final(msg.node_id, msg.data)
+
+    def on_test_stop(self, environment: Environment, **_: Any) -> None:
+        if self.collector is None or self._finishing or self.role == ROLE_WORKER:
+            return
+        self._finishing = True
+        missing: list[str] = []
+        if self.role == ROLE_LOCAL:
+            self.collector.add_final(LOCAL_SOURCE, self._final_payload())
+        else:
+            runner = environment.runner
+            expected = set(self.participants) | set(self.collector.sources)
+            if runner is not None:
+                for client_id in sorted(expected):
+                    runner.send_message(MSG_FLUSH, {"run": self.run_id}, client_id=client_id)
+            deadline = time.monotonic() + FLUSH_TIMEOUT_S
+            while time.monotonic() < deadline and not expected <= set(self.collector.finals):
+                gevent.sleep(0.02)
+            missing = sorted(expected - set(self.collector.finals))
+        self._kill_greenlets()
+        self._finish(missing)
+
+    def _finish(self, missing: list[str]) -> None:
+        assert self.collector is not None
+        ended = time.time()
+        options = self.environment.parsed_options
+        run = {
+            "started": round(self.started_at, 3),
+            "ended": round(ended, 3),
+            "duration_s": round(ended - self.started_at, 3),
+            "host": self.environment.host,
+            "users": getattr(options, "num_users", None),
+            "rate_per_user": self.settings.rate_per_user,
+            "patients_per_room": self.settings.patients,
+            "text_chars": self.settings.text_chars,
+            "interval_s": self.settings.interval_s,
+            "role": self.role,
+            "workers": len(self.collector.finals) if self.role == ROLE_MASTER else 0,
+        }
+        summary, results, merged = _report.build(self.collector, run=run, thresholds=self.thresholds,
+                                                 slo_file=self.settings.slo, missing_sources=missing)
+        if self.host_problem is not None:  # nothing was loaded: a usage error, not a measurement
+            summary["validity"]["problems"].insert(0, self.host_problem)
+            summary["verdict"], summary["exit_code"] = "usage_error", _report.EXIT_USAGE
+        out = self.out_dir()
+        if out is not None:
+            try:
+                _report.write(out, self.collector, summary, results, merged)
+            except OSError as error:
+                print(f"queuechat: cannot write the results to {out}: {error.strerror or error}",
+                      file=sys.stderr, flush=True)
+                summary["validity"]["problems"].append("the results could not be written")
+                summary["verdict"], summary["exit_code"] = "invalid", _report.EXIT_INVALID
+        self.summary = summary
+        self.exit_code = int(summary["exit_code"])
+        print(_report.format_summary(summary), flush=True)
+        if out is not None:
+            print(f"queuechat results: {out}", flush=True)
+
+    def out_dir(self) -> Path | None:
+        if self.settings.out:
+            return Path(self.settings.out)
+        csv_prefix = getattr(self.environment.parsed_options, "csv_prefix", None)
+        if csv_prefix:
+            return Path(csv_prefix).parent
+        return None
+
+    def _progress_forever(self) -> None:
+        interval = self.settings.progress_s
+        while True:
+            gevent.sleep(interval)
+            self.print_progress()
+
+    def print_progress(self) -> None:
+        collector = self.collector
+        if collector is None:
+            return
+        if self.role == ROLE_LOCAL and not self.recorder.closed:
+            collector.add_report(LOCAL_SOURCE, self.recorder.drain())
+            if self.cpu is not None and self.cpu.latest is not None:
+                self.latest_cpu[LOCAL_SOURCE] = self.cpu.latest
+        window = collector.take_window()
+        delivered = new_histogram()
+        for name in MESSAGE_ENTRIES:
+            if name in window.histograms:
+                delivered.add(window.histograms[name])
+        runner = self.environment.runner
+        users = runner.user_count if runner is not None else 0
+        count = delivered.get_total_count()
+        values = percentiles(delivered, (50.0, 99.0))
+        latency = (f"p50 {values[50.0] / 1000:.2f}ms p99 {values[99.0] / 1000:.2f}ms "
+                   f"max {delivered.get_max_value() / 1000:.2f}ms") if count else "no deliveries"
+        cpu = max(self.latest_cpu.values(), default=None)
+        cpu_shown = f"{cpu:.0f}%" if cpu is not None else "-"
+        print(f"{PROGRESS_PREFIX} {time.time() - self.started_at:5.1f}s users {users} | delivered {count} "
+              f"| {latency} | errors {window.errors} | disconnects {window.disconnects} | "
+              f"generator CPU demand {cpu_shown}", flush=True)
+
+    def on_quitting(self, environment: Environment, **_: Any) -> None:
+        self._kill_greenlets()
+        if self.role == ROLE_WORKER:
+            environment.process_exit_code = 0  # the master's exit code is the run's
+        elif self.exit_code is not None:
+            environment.process_exit_code = self.exit_code
+
+
+class SettingsError(ValueError):
+    """Options that cannot be used."""
+
+
+_STATES: weakref.WeakKeyDictionary[Environment, ProcessState] = weakref.WeakKeyDictionary()
+
+
+def process_state(environment: Environment) -> ProcessState:
+    state = _STATES.get(environment)
+    if state is None:  # an Environment made without Locust's init event (a library use)
+        state = _STATES[environment] = ProcessState(environment, ROLE_LOCAL)
+    return state
+
+
+def _listen(hook: Any, handler: Any) -> None:
+    """``hook.add_listener(handler)``; Locust's EventHook is untyped."""
+    hook.add_listener(handler)
+
+
+def _add_options(parser: Any, **_: Any) -> None:
+    defaults = Settings()
+    for option, (name, kind, help_text) in OPTIONS.items():
+        default = getattr(defaults, name)
+        parser.add_argument(f"--qc-{option}", type=kind, default=None if default is None else default,
+                           help=help_text + (f" Default: {default}." if default is not None else ""))
+    parser.add_argument("--qc-allow-remote", action="store_true", default=False,
+                        help="Allow a --host that is not loopback (127.0.0.1, ::1, localhost).")
+    parser.add_argument("--qc-secret", default=None, is_secret=True,
+                       help="The server's secret for clinician tokens; default: $QUEUECHAT_SECRET, "
+                            "else the development secret.")
+
+
+def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
+    if isinstance(runner, MasterRunner):
+        role = ROLE_MASTER
+    elif isinstance(runner, WorkerRunner):
+        role = ROLE_WORKER
+    else:
+        role = ROLE_LOCAL
+    state = _STATES[environment] = ProcessState(environment, role)
+    if role != ROLE_WORKER:
+        try:
+            state.read_settings()
+        except SettingsError as error:
+            print(f"queuechat: {error}", file=sys.stderr, flush=True)
+            sys.exit(_report.EXIT_USAGE)
+    _listen(environment.events.test_start, state.on_test_start)
+    _listen(environment.events.test_stop, state.on_test_stop)
+    _listen(environment.events.quitting, state.on_quitting)
+    if role == ROLE_MASTER:
+        runner.register_message(MSG_JOIN, state.on_join)
+        runner.register_message(MSG_FINAL, state.on_final)
+        _listen(environment.events.worker_report, state.on_worker_report)
+    elif role == ROLE_WORKER:
+        runner.register_message(MSG_FLUSH, state.on_flush)
+        _listen(environment.events.report_to_master, state.on_report_to_master)
+
+
+_listen(events.init_command_line_parser, _add_options)
+_listen(events.init, _on_init)

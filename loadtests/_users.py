@@ -1,0 +1,459 @@
+"""Locust users: one user is one waiting room, a clinician and its patients, on one clock.
+
+:class:`RoomClient` is the client wrapper: it owns the room's connections,
+sends messages on a schedule (open model) and times everything, firing
+Locust's ``request`` event (so that Locust's stats and web UI see every
+sample) and recording into the process's HDR :class:`~loadtests._hdr.Recorder`.
+
+Message delivery latency is measured from the *intended* send time (the
+schedule), not from when the send happened, so that a server that stalls
+shows up in the percentiles (coordinated omission corrected, as wrk2 does);
+the latency from the actual send is kept beside it. Sender and receiver are
+in this one process: ``client_ts`` carries the intended time (integer
+microseconds since the epoch) and is the key that matches a delivery to
+its send.
+
+Everything here runs under gevent; it imports the protocol module, never
+Trio or the server.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import secrets
+import time
+import weakref
+from collections.abc import Callable
+from time import perf_counter
+from typing import Any
+
+import gevent  # type: ignore[import-untyped]  # gevent ships no type information
+from gevent.event import AsyncResult, Event  # type: ignore[import-untyped]
+from locust import User, task
+from locust.env import Environment
+from locust.exception import StopUser
+
+from reference_server.protocol import clinician_token
+
+from ._client import Connection, Disconnected, LoadTestError, NoAnswer, ServerError, encode_json
+from ._hdr import (
+    CALL_START,
+    CHECK_IN,
+    CLINICIAN_HELLO,
+    CLINICIAN_TO_PATIENT,
+    DISCONNECTS,
+    OPEN_CHAT,
+    PATIENT_TO_CLINICIAN,
+    Recorder,
+)
+from ._settings import PATIENT_NAME, Settings, host_problem
+
+REQUEST_TYPE = "WS"
+UNATTRIBUTED = "unattributed"  # errors that belong to no request of ours (no ref, unreadable frame)
+MAX_CONNECT_FAILURES = 3  # in a row, then the user stops
+_DIRECTION_ENTRY = (PATIENT_TO_CLINICIAN, CLINICIAN_TO_PATIENT)
+
+# One anchor per process: perf_counter (the clock every latency is measured on) to epoch microseconds.
+_EPOCH_US = time.time() * 1e6
+_PERF0 = perf_counter()
+_room_numbers = itertools.count(1)
+_room_prefixes: dict[int, str] = {}
+
+
+def _new_room_name() -> str:
+    """Unique per process, also after a fork (Locust's --processes forks after importing this file)."""
+    pid = os.getpid()
+    prefix = _room_prefixes.get(pid)
+    if prefix is None:
+        prefix = _room_prefixes[pid] = f"lt-{pid:x}-{secrets.token_hex(4)}"
+    return f"{prefix}-{next(_room_numbers)}"
+
+# Every live room of this process, so that the plugin can count messages in flight when it flushes.
+LIVE_CLIENTS: weakref.WeakSet[RoomClient] = weakref.WeakSet()
+
+
+class _Slot:
+    """One patient place in the room; a new patient takes it after each call."""
+
+    __slots__ = ("call_started", "conn", "drained", "index", "patient", "pending", "sending")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.conn: Connection | None = None
+        self.patient: str | None = None
+        self.sending = False  # the schedule may use this patient
+        self.pending = 0  # messages to or from this patient not yet delivered
+        self.drained: Event | None = None
+        self.call_started: AsyncResult | None = None
+
+
+class RoomClient:
+    """A clinician and its patients: connections, the message schedule, timing and reporting."""
+
+    def __init__(self, environment: Environment, url: str, settings: Settings, recorder: Recorder) -> None:
+        self.environment = environment
+        self.url = url
+        self.settings = settings
+        self.recorder = recorder
+        self.room = _new_room_name()
+        self.text = settings.text
+        self.clinician: Connection | None = None
+        self.slots = [_Slot(i) for i in range(settings.patients)]
+        # send key (client_ts) -> (intended time, actual send time, direction, slot index, patient id)
+        self.pending: dict[int, tuple[float, float, int, int, str | None]] = {}
+        self.limits: dict[str, Any] | None = None
+        self.stopping = False
+        self._greenlets: list[gevent.Greenlet] = []
+        self._next_slot_index = 0
+        self._last_key = 0
+        self.connect_failures = 0
+        LIVE_CLIENTS.add(self)
+
+    # ------------------------------------------------------------------ reporting
+
+    def _fire(self, name: str, response_ms: float, length: int, exception: Exception | None) -> None:
+        request: Any = self.environment.events.request  # locust's EventHook is untyped
+        request.fire(request_type=REQUEST_TYPE, name=name, response_time=response_ms, response_length=length,
+                     exception=exception, context={})
+
+    def _success(self, entry: str, latency_s: float, length: int = 0,
+                 uncorrected_s: float | None = None) -> None:
+        if self.recorder.closed:
+            return  # after the measured window (the master has flushed): Locust's stats stop too
+        latency_us = latency_s * 1e6
+        self.recorder.record(entry, latency_us, None if uncorrected_s is None else uncorrected_s * 1e6)
+        self._fire(entry, latency_us / 1000.0, length, None)
+
+    def _failure(self, entry: str, error: LoadTestError, elapsed_s: float = 0.0) -> None:
+        if self.recorder.closed:
+            return
+        self.recorder.error(entry, str(getattr(error, "code", type(error).__name__)))
+        self._fire(entry, elapsed_s * 1000.0, 0, error)
+
+    # ------------------------------------------------------------------ connections
+
+    def _connection(self, on_message: Callable[[dict[str, Any], float, int], None],
+                    on_event: Callable[[dict[str, Any], float], None]) -> Connection:
+        return Connection(self.url, on_message=on_message, on_event=on_event,
+                          on_send_error=self._send_error, on_closed=self._closed,
+                          connect_timeout_s=min(self.settings.timeout_s, 10.0))
+
+    def _hello(self, conn: Connection, frame: dict[str, Any], entry: str) -> dict[str, Any]:
+        """Connect and say hello; an error or a close before welcome is the entry's failure."""
+        started = perf_counter()
+        conn.expect_close = True  # before welcome, an error comes with a close: no disconnect to count
+        try:
+            conn.connect()
+            welcome, at, size = conn.request(frame, timeout_s=self.settings.timeout_s, what="welcome")
+            if welcome.get("type") != "welcome":
+                raise ServerError("no_welcome")
+        except LoadTestError as error:
+            conn.close()
+            self._failure(entry, error, perf_counter() - started)
+            raise
+        conn.expect_close = False
+        self._success(entry, at - started, size)
+        return welcome
+
+    def connect_clinician(self) -> None:
+        conn = self._connection(self._clinician_message, _ignore_event)
+        token = clinician_token(self.settings.secret, self.room)
+        welcome = self._hello(conn, {"type": "hello", "role": "clinician", "room": self.room, "token": token},
+                              CLINICIAN_HELLO)
+        limits = welcome.get("limits")
+        self.limits = limits if isinstance(limits, dict) else None
+        self.clinician = conn
+
+    def check_in(self, slot: _Slot) -> None:
+        def on_message(obj: dict[str, Any], at: float, size: int) -> None:
+            if obj.get("from") == "clinician":
+                self._delivered(obj, at, size)
+
+        def on_event(obj: dict[str, Any], at: float) -> None:
+            if obj["type"] == "call" and obj.get("state") == "started" and slot.call_started is not None:
+                slot.call_started.set(at)
+
+        conn = self._connection(on_message, on_event)
+        welcome = self._hello(conn, {"type": "hello", "role": "patient", "room": self.room,
+                                     "name": PATIENT_NAME}, CHECK_IN)
+        patient = welcome.get("patient")
+        if not isinstance(patient, str):
+            conn.close()
+            self._failure(CHECK_IN, ServerError("no_patient_id"))
+            raise ServerError("no_patient_id")
+        slot.conn, slot.patient, slot.pending, slot.sending = conn, patient, 0, True
+
+    def _closed(self, conn: Connection, close_code: int | None) -> None:
+        """A connection ended that we did not end: count it, and free what waited on it."""
+        if self.stopping:
+            return
+        error = Disconnected(close_code)
+        if self.recorder.closed:
+            return
+        self.recorder.disconnect(close_code)
+        self._fire(DISCONNECTS, 0.0, 0, error)
+        if conn is self.clinician:
+            self.clinician = None
+            return
+        for slot in self.slots:
+            if slot.conn is conn:
+                slot.sending = False
+                slot.conn = None
+                # What the clinician sent to this patient can no longer arrive.
+                for key, (_, _, direction, _, patient) in list(self.pending.items()):
+                    if patient == slot.patient and direction == 1:
+                        del self.pending[key]
+                        self._failure(CLINICIAN_TO_PATIENT, error)
+                slot.pending = 0
+                slot.patient = None  # what is still to come from this patient counts for nobody's drain
+                if slot.drained is not None:
+                    slot.drained.set()
+
+    def ensure_connected(self) -> None:
+        """Reconnect what dropped: the clinician, and patients whose connection ended."""
+        try:
+            if self.clinician is None or not self.clinician.open:
+                self.connect_clinician()
+            for slot in self.slots:
+                if slot.conn is None or not slot.conn.open:
+                    slot.sending = False
+                    self.check_in(slot)
+        except LoadTestError:
+            self.connect_failures += 1
+            if self.connect_failures >= MAX_CONNECT_FAILURES:
+                raise StopUser() from None
+            raise
+        self.connect_failures = 0
+
+    def start(self) -> None:
+        """Connect everyone, then start the schedule and the sweeper."""
+        self.ensure_connected()
+        self._greenlets.append(gevent.spawn(self._schedule_forever))
+        self._greenlets.append(gevent.spawn(self._sweep_forever))
+
+    def stop(self) -> None:
+        self.stopping = True
+        current = gevent.getcurrent()
+        gevent.killall([g for g in self._greenlets if g is not current], block=True, timeout=2.0)
+        self.recorder.count("in_flight_at_end", len(self.pending))
+        self.pending.clear()
+        for slot in self.slots:
+            if slot.conn is not None:
+                slot.conn.close()
+        if self.clinician is not None:
+            self.clinician.close()
+        LIVE_CLIENTS.discard(self)
+
+    # ------------------------------------------------------------------ messages
+
+    def _key(self, intended: float) -> int:
+        key = int(_EPOCH_US + (intended - _PERF0) * 1e6)
+        if key <= self._last_key:
+            key = self._last_key + 1
+        self._last_key = key
+        return key
+
+    def _pick_slot(self) -> _Slot | None:
+        slots = self.slots
+        for _ in range(len(slots)):
+            slot = slots[self._next_slot_index % len(slots)]
+            self._next_slot_index += 1
+            if slot.sending and slot.conn is not None and slot.conn.open:
+                return slot
+        return None
+
+    def _schedule_forever(self) -> None:
+        """Send message k at ``start + k / rate``, whatever happened to the ones before (open model)."""
+        period = 1.0 / self.settings.rate_per_user
+        start = perf_counter() + random.random() * period  # users do not send in step
+        for k in itertools.count():
+            if self.stopping:
+                return
+            due = start + k * period
+            delay = due - perf_counter()
+            while delay > 0:
+                gevent.sleep(delay)
+                delay = due - perf_counter()
+            self._send_scheduled(due, from_patient=(k & 1) == 0)
+            if delay < -period and k % 32 == 31:
+                gevent.sleep(0)  # catching up: let the readers run
+
+    def _send_scheduled(self, intended: float, *, from_patient: bool) -> None:
+        slot = self._pick_slot()
+        conn = slot.conn if from_patient and slot is not None else self.clinician
+        if slot is None or conn is None or not conn.open:
+            self.recorder.count("sends_skipped")  # nobody to send to or from at this moment
+            return
+        key = self._key(intended)
+        frame: dict[str, Any] = {"type": "send", "text": self.text, "client_ts": key, "ref": str(key)}
+        if not from_patient:
+            frame["patient"] = slot.patient
+        data = encode_json(frame)
+        self.pending[key] = (intended, perf_counter(), 0 if from_patient else 1, slot.index, slot.patient)
+        slot.pending += 1
+        try:
+            conn.send_bytes(data)
+        except Disconnected:
+            self._forget(key)
+            self.recorder.count("sends_skipped")
+
+    def _forget(self, key: int) -> tuple[float, float, int, int, str | None] | None:
+        item = self.pending.pop(key, None)
+        if item is not None and self.slots[item[3]].patient == item[4]:
+            slot = self.slots[item[3]]
+            slot.pending -= 1
+            if slot.pending <= 0 and slot.drained is not None:
+                slot.drained.set()
+        return item
+
+    def _clinician_message(self, obj: dict[str, Any], at: float, size: int) -> None:
+        if obj.get("from") == "patient":
+            self._delivered(obj, at, size)
+
+    def _delivered(self, obj: dict[str, Any], at: float, size: int) -> None:
+        key = obj.get("client_ts")
+        item = self._forget(key) if isinstance(key, int) else None
+        if item is None:
+            self.recorder.count("deliveries_unmatched")
+            return
+        intended, sent, direction, _, _ = item
+        self._success(_DIRECTION_ENTRY[direction], at - intended, size, uncorrected_s=at - sent)
+
+    def _send_error(self, ref: str, code: str) -> None:
+        item = self._forget(int(ref)) if ref.isdigit() else None
+        entry = _DIRECTION_ENTRY[item[2]] if item is not None else UNATTRIBUTED
+        self._failure(entry, ServerError(code))
+
+    def _sweep_forever(self) -> None:
+        """Deliveries later than the timeout are errors (``no_delivery``); checked every second."""
+        timeout = self.settings.timeout_s
+        while not self.stopping:
+            gevent.sleep(1.0)
+            limit = perf_counter() - timeout
+            for key, (intended, _, direction, _, _) in list(self.pending.items()):
+                if intended > limit:
+                    break  # keys are in schedule order
+                self._forget(key)
+                self._failure(_DIRECTION_ENTRY[direction], _NoDelivery(timeout))
+
+    # ------------------------------------------------------------------ the clinician's actions
+
+    def open_chat(self) -> None:
+        slot = self._pick_slot()
+        clinician = self.clinician
+        if slot is None or clinician is None:
+            return
+        started = perf_counter()
+        try:
+            _, at, size = clinician.request({"type": "open_chat", "patient": slot.patient},
+                                            timeout_s=self.settings.timeout_s, what="open_chat answer")
+        except LoadTestError as error:
+            self._failure(OPEN_CHAT, error, perf_counter() - started)
+            return
+        self._success(OPEN_CHAT, at - started, size)
+
+    def call(self) -> None:
+        """Start a call (timed to the patient's ``call{started}``), chat, end it, check a new patient in."""
+        slot = self._pick_slot()
+        clinician = self.clinician
+        if slot is None or clinician is None or slot.conn is None:
+            return
+        timeout = self.settings.timeout_s
+        slot.call_started = AsyncResult()
+        started = perf_counter()
+        try:
+            clinician.request({"type": "start_call", "patient": slot.patient}, timeout_s=timeout,
+                              what="start_call answer")
+            try:
+                at = slot.call_started.get(timeout=timeout)
+            except gevent.Timeout:
+                raise NoAnswer("call started event", timeout) from None
+        except LoadTestError as error:
+            self._failure(CALL_START, error, perf_counter() - started)
+            return
+        finally:
+            slot.call_started = None
+        self._success(CALL_START, at - started)
+        gevent.sleep(self.settings.call_s)
+        # End it: stop the schedule using this patient, let what is in flight arrive, then end_call.
+        slot.sending = False
+        if slot.pending > 0:
+            slot.drained = Event()
+            slot.drained.wait(timeout=timeout)
+            slot.drained = None
+        if slot.conn is not None:
+            slot.conn.expect_close = True  # call{ended}, then the server closes with 1000
+        try:
+            clinician.request({"type": "end_call"}, timeout_s=timeout, what="end_call answer")
+        except LoadTestError as error:
+            self._failure(UNATTRIBUTED, error)
+        if slot.conn is not None:
+            slot.conn.close()
+            slot.conn = None
+        self.check_in(slot)
+
+
+class _NoDelivery(LoadTestError):
+    code = "no_delivery"
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"not delivered within {timeout_s:g} s")
+
+
+def _ignore_event(obj: dict[str, Any], at: float) -> None:
+    """The clinician's other events (unread, notify, chat_box, ...) are not measured."""
+
+
+class QueueChatUser(User):
+    """Abstract: owns the :class:`RoomClient`; concrete users hold only their tasks and wait time."""
+
+    abstract = True
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        from ._plugin import process_state  # the plugin owns the recorder and the settings
+
+        state = process_state(environment)
+        self.client = RoomClient(environment, self.host or "", state.settings, state.recorder)
+
+    def on_start(self) -> None:
+        if host_problem(self.client.url, allow_remote=self.client.settings.allow_remote) is not None:
+            raise StopUser()  # said once by the plugin at the start of the test
+        for attempt in range(MAX_CONNECT_FAILURES):
+            try:
+                self.client.start()
+                return
+            except LoadTestError:
+                gevent.sleep(min(1.0 * (attempt + 1), self.client.settings.action_interval_s * 2))
+        raise StopUser()
+
+    def on_stop(self) -> None:
+        self.client.stop()
+
+
+class RoomUser(QueueChatUser):
+    """One waiting room: a clinician chatting with its patients; every third action is a call."""
+
+    def wait_time(self) -> float:
+        return self.client.settings.action_interval_s
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        self._steps = 0
+
+    @task
+    def act(self) -> None:
+        try:
+            self.client.ensure_connected()
+        except LoadTestError:
+            return  # counted already; the next action tries again
+        step, self._steps = self._steps, self._steps + 1
+        try:
+            if step % 3 == 1:
+                self.client.call()
+            else:
+                self.client.open_chat()
+        except LoadTestError:
+            pass  # counted where it happened; the next action goes on

@@ -1,0 +1,473 @@
+"""The load test's parts that need no Locust process: SLO thresholds, HDR recording and merging,
+the interval log, the CPU judgement, JUnit XML, the ``queuechat load`` option checks, import rules.
+
+Everything here runs in the test process (no gevent is imported: these modules do not need it).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
+from hdrh.log import HistogramLogReader  # type: ignore[import-untyped]
+
+from loadtests._cpu import CpuSampler, assess
+from loadtests._hdr import (
+    CHECK_IN,
+    CLINICIAN_TO_PATIENT,
+    PATIENT_TO_CLINICIAN,
+    Collector,
+    Recorder,
+    decode,
+    mean_and_stddev,
+    new_histogram,
+    percentiles,
+    reset,
+    summarize,
+)
+from loadtests._report import EXIT_INVALID, EXIT_PASS, EXIT_SLO_BREACH, build, format_summary, write
+from loadtests._settings import PATIENT_NAME, TEXT_MARK, Settings
+from loadtests._slo import EntryResult, SloError, evaluate, junit_xml, load_thresholds, parse_expression
+from queuechat.cli import main as cli_main
+
+SHIPPED_SLO = Path(__file__).resolve().parent.parent / "loadtests" / "slo.toml"
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --------------------------------------------------------------------------- SLO thresholds
+
+
+def test_k6_style_expressions_parse_with_units() -> None:
+    """p(N) with us/ms/s (a bare number is ms, as in k6), counts, error rates in % or fractions."""
+    assert parse_expression("patient_to_clinician", "p(99) < 50ms").value == 50_000
+    assert parse_expression("patient_to_clinician", "p(99.9)<=2s").value == 2_000_000
+    assert parse_expression("patient_to_clinician", "p(50) < 700us").value == 700
+    assert parse_expression("patient_to_clinician", "med < 3").value == 3_000
+    assert parse_expression("open_chat", "error_rate < 1%").value == pytest.approx(0.01)
+    assert parse_expression("open_chat", "errors == 0").aggregate == "errors"
+    assert parse_expression("disconnects", "count == 0").aggregate == "count"
+    assert parse_expression("clinician_to_patient", "uncorrected_p(99) < 20ms").aggregate == "uncorrected_p"
+
+
+@pytest.mark.parametrize(("entry", "expression", "says"), [
+    ("patient_to_clinician", "p99 < 50ms", "unknown aggregate"),
+    ("patient_to_clinician", "p(101) < 50ms", "(0, 100]"),
+    ("patient_to_clinician", "p(99) ~ 50ms", "cannot read"),
+    ("patient_to_clinician", "p(99) < 5%", "us, ms or s"),
+    ("errors", "p(99) < 5ms", "is a count"),
+    ("open_chat", "errors < 3ms", "no time unit"),
+    ("check_in", "uncorrected_p(99) < 5ms", "only message delivery"),
+])
+def test_bad_expressions_are_refused_with_a_reason(entry: str, expression: str, says: str) -> None:
+    with pytest.raises(SloError, match=None) as caught:
+        parse_expression(entry, expression)
+    assert says in str(caught.value)
+    assert entry in str(caught.value)
+
+
+def test_the_shipped_slo_file_parses(tmp_path: Path) -> None:
+    thresholds = load_thresholds(SHIPPED_SLO)
+    entries = {t.entry for t in thresholds}
+    assert entries >= {PATIENT_TO_CLINICIAN, CLINICIAN_TO_PATIENT, "errors", "disconnects"}
+
+
+def test_slo_file_problems_name_the_file_and_the_entry(tmp_path: Path) -> None:
+    bad_key = tmp_path / "bad.toml"
+    bad_key.write_text('"patient_to_doctor" = ["p(99) < 50ms"]\n')
+    with pytest.raises(SloError, match="patient_to_doctor"):
+        load_thresholds(bad_key)
+    not_toml = tmp_path / "not.toml"
+    not_toml.write_text("this is = = not toml\n")
+    with pytest.raises(SloError, match="not valid TOML"):
+        load_thresholds(not_toml)
+    with pytest.raises(SloError, match="cannot read SLO file"):
+        load_thresholds(tmp_path / "missing.toml")
+
+
+def _histogram(values: list[int]) -> HdrHistogram:
+    histogram = new_histogram()
+    for value in values:
+        histogram.record_value(value)
+    return histogram
+
+
+def test_a_breach_names_the_threshold_and_the_measured_value() -> None:
+    latency = _histogram([1_000] * 98 + [80_000] * 2)
+    results = evaluate(
+        [parse_expression(PATIENT_TO_CLINICIAN, "p(99) < 50ms"),
+         parse_expression(PATIENT_TO_CLINICIAN, "p(50) < 2ms"),
+         parse_expression(PATIENT_TO_CLINICIAN, "errors == 0"), parse_expression(CHECK_IN, "p(99) < 1s")],
+        {PATIENT_TO_CLINICIAN: EntryResult(count=100, errors=1, latency=latency)},
+    )
+    p99, p50, errors, check_in = results
+    assert not p99.passed
+    assert p99.message == "patient_to_clinician: p(99) < 50ms FAILED (measured 80.063ms)"
+    assert p50.passed and p50.measured == "1.000ms"
+    assert not errors.passed and errors.measured == "1"
+    assert not check_in.passed and check_in.measured == "no samples"  # nothing measured is no pass
+
+
+def test_junit_xml_has_a_case_per_threshold_and_one_for_validity() -> None:
+    latency = _histogram([1_000] * 10)
+    results = evaluate([parse_expression(PATIENT_TO_CLINICIAN, "p(99) < 0.5ms"),
+                        parse_expression(PATIENT_TO_CLINICIAN, "count > 0")],
+                       {PATIENT_TO_CLINICIAN: EntryResult(count=10, errors=0, latency=latency)})
+    root = ET.fromstring(junit_xml(results, validity_problems=["generator short of CPU"], duration_s=3.0))
+    suite = root.find("testsuite")
+    assert suite is not None
+    assert suite.get("tests") == "3" and suite.get("failures") == "1" and suite.get("errors") == "1"
+    failures = suite.findall("testcase/failure")
+    assert len(failures) == 1
+    assert "measured 1.000ms" in (failures[0].get("message") or "")
+    assert "short of CPU" in (suite.find("testcase/error").get("message") or "")  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- HDR recording and merging
+
+
+def test_fast_statistics_equal_hdrhistograms_own() -> None:
+    """Mean, deviation, percentiles and reset give what hdrhistogram's slow versions give."""
+    rng = random.Random(7)
+    histogram = _histogram([int(rng.lognormvariate(7, 1.5)) for _ in range(5_000)])
+    mean, stddev = mean_and_stddev(histogram)
+    assert mean == pytest.approx(histogram.get_mean_value())
+    assert stddev == pytest.approx(histogram.get_stddev())
+    wanted = (0.0, 25.0, 50.0, 90.0, 99.0, 99.9, 100.0)
+    assert percentiles(histogram, wanted) == {p: histogram.get_value_at_percentile(p) for p in wanted}
+    decoded = decode(histogram.encode())
+    assert percentiles(decoded, wanted) == percentiles(histogram, wanted)
+    reset(histogram)
+    assert histogram.get_total_count() == 0 and sum(histogram.counts) == 0 and histogram.get_max_value() == 0
+
+
+def test_recorder_ships_wall_clock_intervals_that_add_up_to_the_whole_run() -> None:
+    clock = FakeClock(1_000_000.0)
+    recorder = Recorder(interval_s=1.0, clock=clock)
+    recorder.record(PATIENT_TO_CLINICIAN, 1_500, 1_200)
+    recorder.record(CHECK_IN, 9_000)
+    clock.now += 1.0
+    recorder.record(PATIENT_TO_CLINICIAN, 2_500, 2_000)
+    recorder.error(PATIENT_TO_CLINICIAN, "rate_limited")
+    recorder.disconnect(1008)
+    first = recorder.drain()
+    assert [(i["entry"], i["start"], i["count"]) for i in first["intervals"]] == [
+        (PATIENT_TO_CLINICIAN, 1_000_000.0, 1), (CHECK_IN, 1_000_000.0, 1)]
+    assert first["errors"] == {PATIENT_TO_CLINICIAN: {"rate_limited": 1}}
+    assert first["disconnects"] == {"1008": 1}
+    clock.now += 0.25
+    final = recorder.drain(final=True)
+    assert final["errors"] == {} and final["disconnects"] == {}  # deltas: nothing new
+    (last,) = final["intervals"]
+    assert last["start"] == 1_000_001.0 and last["length"] == pytest.approx(0.25)
+    whole = final["final"]["entries"][PATIENT_TO_CLINICIAN]
+    assert whole["count"] == 2
+    uncorrected = decode(whole["uhist"])
+    assert uncorrected.get_max_value() == uncorrected.get_highest_equivalent_value(2_000)
+    recorder.record(PATIENT_TO_CLINICIAN, 1)  # after the final drain: not recorded
+    assert recorder.drain()["intervals"] == []
+
+
+def _run_recorders(seed: int, sources: int) -> tuple[Collector, HdrHistogram, dict[str, Recorder]]:
+    rng = random.Random(seed)
+    clock = FakeClock(2_000_000.0)
+    recorders = {f"worker-{i}": Recorder(interval_s=1.0, clock=clock) for i in range(sources)}
+    collector = Collector(interval_s=1.0)
+    everything = new_histogram()
+    for _ in range(6):
+        for source, recorder in recorders.items():
+            for _ in range(rng.randrange(50, 150)):
+                value = int(rng.expovariate(1 / 3_000)) + 50
+                recorder.record(PATIENT_TO_CLINICIAN, value, value - 20)
+                everything.record_value(value)
+            collector.add_report(source, recorder.drain())
+        clock.now += 0.7
+    for source, recorder in recorders.items():
+        collector.add_final(source, recorder.drain(final=True))
+    return collector, everything, recorders
+
+
+def test_merging_is_lossless_counts_and_percentiles_equal_one_histogram_of_everything() -> None:
+    collector, everything, _ = _run_recorders(seed=3, sources=3)
+    merged, uncorrected = collector.merged()[PATIENT_TO_CLINICIAN]
+    assert uncorrected is not None
+    assert merged.get_total_count() == everything.get_total_count()
+    wanted = (50.0, 90.0, 99.0, 99.9, 100.0)
+    assert percentiles(merged, wanted) == percentiles(everything, wanted)
+    assert summarize(merged) == summarize(everything)
+    assert collector.inconsistent_sources() == []
+
+
+def test_the_interval_log_reads_back_with_hdrhistograms_reader(tmp_path: Path) -> None:
+    """The .hlog holds one tagged line per entry and interval; its histograms add up to the whole run."""
+    collector, everything, _ = _run_recorders(seed=5, sources=2)
+    path = tmp_path / "latency.hlog"
+    lines = collector.write_hlog(path, start_time_s=2_000_000.0)
+    assert lines > 0
+    reader = HistogramLogReader(str(path), new_histogram())
+    total = {PATIENT_TO_CLINICIAN: 0, PATIENT_TO_CLINICIAN + ".uncorrected": 0}
+    try:
+        while (histogram := reader.get_next_interval_histogram()) is not None:
+            total[histogram.get_tag()] += histogram.get_total_count()
+    finally:
+        reader.close()
+    assert total == {PATIENT_TO_CLINICIAN: everything.get_total_count(),
+                     PATIENT_TO_CLINICIAN + ".uncorrected": everything.get_total_count()}
+
+
+def test_a_lost_interval_report_is_noticed() -> None:
+    clock = FakeClock()
+    recorder = Recorder(clock=clock)
+    collector = Collector()
+    recorder.record(PATIENT_TO_CLINICIAN, 100)
+    clock.now += 1
+    recorder.drain()  # never reaches the collector
+    collector.add_final("w", recorder.drain(final=True))
+    assert collector.inconsistent_sources() == ["w"]
+    assert collector.merged()[PATIENT_TO_CLINICIAN][0].get_total_count() == 1  # totals come from the final
+
+
+# --------------------------------------------------------------------------- verdicts and outputs
+
+
+def _collector_with(values: list[int], cpu: dict[str, object] | None = None) -> Collector:
+    clock = FakeClock()
+    recorder = Recorder(clock=clock)
+    for value in values:
+        recorder.record(PATIENT_TO_CLINICIAN, value, value)
+    collector = Collector()
+    payload = recorder.drain(final=True)
+    payload["cpu"] = cpu or {}
+    collector.add_final("local", payload)
+    return collector
+
+
+def test_verdicts_pass_breach_and_invalid(tmp_path: Path) -> None:
+    run = {"started": 1.0, "duration_s": 2.0, "host": "ws://127.0.0.1:1/v1/ws"}
+    ok = _collector_with([1_000] * 20)
+    summary, _, _ = build(ok, run=run, thresholds=[parse_expression(PATIENT_TO_CLINICIAN, "p(99) < 5ms")],
+                          slo_file=None)
+    assert summary["exit_code"] == EXIT_PASS
+    summary, _, _ = build(ok, run=run, thresholds=[parse_expression(PATIENT_TO_CLINICIAN, "p(99) < 0.5ms")],
+                          slo_file=None)
+    assert summary["exit_code"] == EXIT_SLO_BREACH
+    assert "p(99) < 0.5ms FAILED (measured 1.000ms)" in format_summary(summary)
+    hot = _collector_with([1_000] * 20, cpu=assess([(0.5, 99.0, 99.0)] * 8).as_dict())
+    summary, results, merged = build(hot, run=run, thresholds=[], slo_file=None)
+    assert summary["exit_code"] == EXIT_INVALID
+    assert "short of CPU" in summary["validity"]["problems"][0]
+    nothing = _collector_with([])
+    assert build(nothing, run=run, thresholds=[], slo_file=None)[0]["exit_code"] == EXIT_INVALID
+    written = write(tmp_path, hot, summary, results, merged)
+    names = {path.name for path in written}
+    assert {"summary.json", "junit.xml", "latency.hlog", "patient_to_clinician.hgrm",
+            "patient_to_clinician.uncorrected.hgrm"} <= names
+    hgrm = (tmp_path / "patient_to_clinician.hgrm").read_text()
+    assert "#[Mean    =        1.000, StdDeviation   =        0.000]" in hgrm
+    assert json.loads((tmp_path / "summary.json").read_text())["verdict"] == "invalid"
+
+
+def test_cpu_spikes_do_not_invalidate_a_run_but_a_sustained_shortage_does() -> None:
+    spike = [(0.5, 20.0, 20.0)] * 18 + [(0.5, 100.0, 100.0)] * 2  # 1 s of 10 s
+    assert assess(spike).ok
+    sustained = [(0.5, 20.0, 20.0)] * 12 + [(0.5, 97.0, 97.0)] * 8  # 4 s of 10 s
+    assert not assess(sustained).ok
+    assert assess(sustained).over_limit_s == pytest.approx(4.0)
+    short_run = [(0.5, 99.0, 99.0)]  # half a second: under the 1 s minimum
+    assert assess(short_run).ok
+
+
+def test_a_generator_kept_off_the_cpu_is_short_of_cpu_too() -> None:
+    """Demand counts the time the generator waited to run: 30 % CPU + 65 % waiting is a shortage."""
+    starved = [(0.5, 30.0, 95.0)] * 10
+    verdict = assess(starved)
+    assert not verdict.ok
+    assert verdict.mean_cpu_percent == pytest.approx(30.0)
+
+
+def test_the_sampler_reads_running_and_waiting_time() -> None:
+    clock = FakeClock(10.0)
+    readings = iter([(1.0, 0.5, 10), (1.3, 0.9, 14), (1.4, 0.9, 15)])
+    sampler = CpuSampler(clock=clock, read=lambda: next(readings))
+    clock.now += 1.0
+    assert sampler.sample() == pytest.approx(70.0)  # 0.3 s running + 0.4 s waiting in 1 s
+    clock.now += 0.5
+    assert sampler.sample() == pytest.approx(20.0)
+    assert sampler.samples[0] == pytest.approx((1.0, 30.0, 70.0))
+    assert sampler.mean_wait_ms == pytest.approx(80.0)  # 0.4 s waited over 5 wake-ups
+    live = CpuSampler()  # this thread, for real
+    assert live.sample() is None or live.latest is not None
+
+
+def test_load_text_and_names_are_synthetic() -> None:
+    settings = Settings(text_chars=100)
+    assert len(settings.text) == 100 and settings.text.startswith(TEXT_MARK)
+    assert PATIENT_NAME == "QC Load Patient"
+
+
+# --------------------------------------------------------------------------- the command's checks
+
+
+def _load(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli_main, ["load", *args])
+    return result.exit_code, result.output
+
+
+def test_a_non_loopback_url_needs_allow_remote() -> None:
+    code, output = _load("--url", "ws://192.0.2.10:8765/v1/ws", "--duration", "1s")
+    assert code == 2
+    assert "refusing to send load to non-loopback host '192.0.2.10'" in output
+    assert "--allow-remote" in output
+    assert "Traceback" not in output
+
+
+def test_an_unreachable_server_is_a_clear_usage_error(tmp_path: Path) -> None:
+    code, output = _load("--url", "ws://127.0.0.1:9/v1/ws", "--duration", "1s", "--out", str(tmp_path))
+    assert code == 2
+    assert "cannot connect to ws://127.0.0.1:9/v1/ws: connection refused" in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--duration", "soon"], "--duration 'soon'"),
+    (["--duration", "0s"], "at least 1 second"),
+    (["--url", "http://127.0.0.1:8765/v1/ws"], "expected ws://"),
+    (["--slo", "x.toml", "--no-slo"], "exclude each other"),
+    (["--rate", "0"], "--rate"),
+])
+def test_bad_options_are_usage_errors(args: list[str], says: str) -> None:
+    code, output = _load(*args)
+    assert code == 2
+    assert says in output
+
+
+def test_a_bad_slo_file_stops_the_command_before_anything_runs(tmp_path: Path) -> None:
+    slo = tmp_path / "slo.toml"
+    slo.write_text('"check_in" = ["p(99) is small"]\n')
+    code, output = _load("--slo", str(slo), "--url", "ws://127.0.0.1:9/v1/ws", "--out", str(tmp_path / "o"))
+    assert code == 2
+    assert "cannot read threshold 'p(99) is small'" in output
+    assert "cannot connect" not in output  # checked before any connection
+
+
+# --------------------------------------------------------------------------- import rules
+
+
+def _modules_after(code: str) -> set[str]:
+    done = subprocess.run([sys.executable, "-c", code + "\nimport json, sys\n"
+                           "print(json.dumps(sorted({n.partition('.')[0] for n in sys.modules})))"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_the_locust_file_imports_the_protocol_never_trio_or_the_server() -> None:
+    loaded = _modules_after("import sys; sys.argv = ['locust']\nimport loadtests.locustfile\n"
+                            "assert 'reference_server.server' not in sys.modules\n"
+                            "assert 'reference_server._shell' not in sys.modules")
+    assert {"locust", "gevent", "websocket", "reference_server"} <= loaded
+    assert loaded.isdisjoint({"trio", "trio_websocket", "wsproto"})
+
+
+def test_the_package_and_the_command_machinery_import_neither_gevent_nor_trio() -> None:
+    loaded = _modules_after("import loadtests, loadtests._slo, loadtests._report, queuechat._load")
+    assert loaded.isdisjoint({"gevent", "locust", "trio", "trio_websocket"})
+
+
+# --------------------------------------------------------------------------- buffered reads
+
+
+def test_websocket_client_frames_read_the_same_through_the_buffered_reads() -> None:
+    """Frames split anyhow across socket reads come out whole and in order; fewer reads are made."""
+    import websocket
+
+    from loadtests._wsbuffer import _BufferedReads, buffer_reads
+
+    assert buffer_reads(websocket.WebSocket())  # this websocket-client version has the place for it
+    payloads = [b'{"type":"ok","ref":"1"}', b"x" * 300, b"y" * 70_000]
+    wire = b"".join(websocket.ABNF(1, 0, 0, 0, websocket.ABNF.OPCODE_TEXT, 0, p).format() for p in payloads)
+    chunks = [wire[i:i + 1000] for i in range(0, len(wire), 1000)]
+    reads = []
+
+    def read(size: int) -> bytes:
+        reads.append(size)
+        if not chunks:
+            raise websocket.WebSocketConnectionClosedException("closed")
+        return chunks.pop(0)
+
+    frames = websocket._abnf.frame_buffer(_BufferedReads(read), True)
+    assert [frames.recv_frame().data for _ in payloads] == payloads
+    assert len(reads) == len(range(0, len(wire), 1000))  # one socket read per chunk, not per field
+
+
+def test_a_wrong_secret_is_a_clear_usage_error(tmp_path: Path) -> None:
+    """Against a server with another secret, the clinician's hello is refused: exit 2, no traceback."""
+    from queuechat._load import die_with_parent
+
+    server = subprocess.Popen(die_with_parent([sys.executable, "-m", "queuechat", "serve", "--port", "0",
+                                               "--secret", "right", "--stats-interval-s", "off",
+                                               "--log-level", "error"]),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert "ready on" in line, line
+        url = line.split("ready on ")[1].strip()
+        done = subprocess.run([sys.executable, "-m", "queuechat", "load", "--url", url, "--secret", "wrong",
+                               "--duration", "1s", "--out", str(tmp_path)],
+                              capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        if server.stdout is not None:
+            server.stdout.close()
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "the server refused the clinician token (unauthorized)" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_the_planned_load_is_checked_against_the_servers_limits() -> None:
+    from queuechat._load import LoadOptions, plan_warnings
+
+    options = LoadOptions(url="ws://127.0.0.1:1/v1/ws", secret=None, allow_remote=False, users=2,
+                          spawn_rate=2.0, rate=600.0, duration_s=5, workers=0, slo=None, out=Path("x"),
+                          patients=3, text_chars=5000)
+    defaults = {"rate_per_s": 100.0, "rate_burst": 200, "max_patients_per_room": 2, "max_rooms": 1,
+                "max_text_chars": 4096}
+    warnings = plan_warnings(defaults, options)
+    assert any("rate_per_s 100" in w and "rate_limited" in w for w in warnings)  # 150 sends/s per clinician
+    assert any("max_patients_per_room 2" in w for w in warnings)
+    assert any("max_rooms 1" in w for w in warnings)
+    assert any("max_text_chars 4096" in w for w in warnings)
+    raised = {"rate_per_s": 100_000.0, "rate_burst": 200_000, "max_patients_per_room": None,
+              "max_rooms": None}
+    assert plan_warnings(raised, options) == []  # the limits queuechat load raises for its own server
+
+
+def test_small_generators_get_precise_timers_and_large_ones_keep_epoll(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from queuechat._load import LoadOptions, gevent_backend
+
+    def options(users: int, workers: int) -> LoadOptions:
+        return LoadOptions(url=None, secret=None, allow_remote=False, users=users, spawn_rate=1.0, rate=10.0,
+                           duration_s=1, workers=workers, slo=None, out=Path("x"))
+
+    monkeypatch.delenv("GEVENT_BACKEND", raising=False)
+    assert gevent_backend(options(users=10, workers=0)) == "select"  # 30 connections
+    assert gevent_backend(options(users=50, workers=0)) is None  # 150 connections: epoll
+    assert gevent_backend(options(users=50, workers=4)) == "select"  # 13 users, 39 connections each
+    monkeypatch.setenv("GEVENT_BACKEND", "epoll")
+    assert gevent_backend(options(users=1, workers=0)) is None  # the caller's choice stands
