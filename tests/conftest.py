@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 import trio
+from wire import LiveServer
 
 from reference_server.domain import QueueChatModel
 from reference_server.protocol import Limits
 from reference_server.server import QueueChatServer
-from wire import LiveServer
 
 TEST_SECRET = "test-secret-not-for-production"
 

@@ -1,9 +1,11 @@
-"""A first round trip over a real socket: patient writes, clinician gets message, badge, notify (R1, R3, R10)."""
+"""A first round trip over a real socket: message, badge and notify (R1, R3, R10)."""
 
 from wire import LiveServer, frame_types
 
 
-async def test_R1_patient_message_reaches_clinician_with_badge_and_notify(live: LiveServer, room: str) -> None:
+async def test_R1_patient_message_reaches_clinician_with_badge_and_notify(
+    live: LiveServer, room: str
+) -> None:
     async with live.clinician(room) as clinician, live.patient(room) as patient:
         joined = await clinician.recv()
         assert joined["type"] == "patient_joined"

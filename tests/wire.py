@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+from asyncapi_schema import validate_event
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from asyncapi_schema import validate_event
 from reference_server.protocol import clinician_token
 from reference_server.server import QueueChatServer
 
@@ -52,8 +52,8 @@ class WireClient:
     async def send(self, frame: dict[str, Any]) -> None:
         await self.ws.send_message(json.dumps(frame))
 
-    async def recv(self, timeout: float = RECEIVE_TIMEOUT_S) -> dict[str, Any]:
-        with trio.fail_after(timeout):
+    async def recv(self, timeout_s: float = RECEIVE_TIMEOUT_S) -> dict[str, Any]:
+        with trio.fail_after(timeout_s):
             try:
                 raw = await self.ws.get_message()
             except ConnectionClosed as closed:
@@ -95,12 +95,14 @@ class WireClient:
         events, _ = await self.ok({"type": "ping"})
         return events
 
-    async def expect_close(self, timeout: float = RECEIVE_TIMEOUT_S) -> tuple[int | None, list[dict[str, Any]]]:
+    async def expect_close(
+        self, timeout_s: float = RECEIVE_TIMEOUT_S
+    ) -> tuple[int | None, list[dict[str, Any]]]:
         """Read until the server closes; return the close code and the frames before it."""
         frames: list[dict[str, Any]] = []
         while True:
             try:
-                frames.append(await self.recv(timeout))
+                frames.append(await self.recv(timeout_s))
             except Closed as closed:
                 return closed.code, frames
 
