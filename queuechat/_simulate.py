@@ -1,0 +1,214 @@
+"""``queuechat simulate`` and ``queuechat check``: run a scenario, write its history, report what broke.
+
+Exit codes: 0 no violation, 1 violations found, 2 usage or scenario error
+(also: a history that cannot be read, a server at ``--url`` that cannot be
+reached).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+
+from simulator import (
+    HistoryError,
+    RunResult,
+    Scenario,
+    ScenarioError,
+    check_history,
+    history_name,
+    load_scenario,
+    parse_duration,
+    read_lines,
+    run_in_process,
+    run_over_sockets,
+)
+from simulator._checker import MAX_SHOWN_PER_RULE
+
+EXIT_OK = 0
+EXIT_VIOLATIONS = 1
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> None:
+    click.echo(f"queuechat: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _progress(total_s: float, label: str, enabled: bool) -> tuple[Any, Any]:
+    """A tqdm bar over the run's (virtual or real) seconds, on stderr; (callback, bar)."""
+    if not enabled:
+        return None, None
+    from tqdm import tqdm
+
+    total = max(1, round(total_s / 60.0))
+    bar = tqdm(total=total, unit="min", desc=label, file=sys.stderr, leave=False,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit} of clinic "
+                          "[{elapsed}]")
+    shown = [0]
+
+    def update(now_s: float) -> None:
+        done = min(round(now_s / 60.0), total)
+        if done > shown[0]:
+            bar.update(done - shown[0])
+            shown[0] = done
+
+    return update, bar
+
+
+def simulate(scenario_name: str, seed: int | None, duration: str | None, url: str | None, secret: str | None,
+             allow_remote: bool, out: str, progress: bool | None, quiet: bool, jobs: int = 1) -> None:
+    try:
+        scenario = load_scenario(scenario_name)
+    except ScenarioError as error:
+        _fail(str(error))
+        return
+    if seed is not None:
+        scenario = replace(scenario, seed=seed)
+    if duration is not None:
+        seconds = parse_duration(duration)
+        if seconds is None or seconds <= 0:
+            _fail("--duration: expected a positive duration such as \"90s\", \"15m\" or \"2h\", "
+                  f"got {duration!r}")
+            return
+        scenario = scenario.with_duration(seconds)
+    if jobs > 1 and url is not None:
+        _fail("--jobs applies to in-process runs only (not with --url)")
+    out_dir = Path(out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        _fail(f"--out: cannot create {out_dir}: {error.strerror or error}")
+    path = out_dir / history_name(scenario)
+    show = progress if progress is not None else sys.stderr.isatty()
+    update, bar = _progress(scenario.duration_s, scenario.name, show and jobs == 1)
+    try:
+        if url is None:
+            from reference_server._logging import configure_logging
+
+            configure_logging("warning")
+            result = run_in_process(scenario, path, progress=update, jobs=jobs)
+        else:
+            result = _over_sockets(scenario, url, secret, allow_remote, path, update)
+    finally:
+        if bar is not None:
+            bar.close()
+    _report(result, sys.stdout, quiet=quiet)
+    summary_path = path.with_suffix(".summary.json")
+    summary_path.write_text(json.dumps(_summary_document(result), indent=2) + "\n", encoding="utf-8")
+    if not quiet:
+        click.echo(f"history: {path}\nsummary: {summary_path}")
+    sys.exit(EXIT_VIOLATIONS if result.violations else EXIT_OK)
+
+
+def _over_sockets(scenario: Scenario, url: str, secret: str | None, allow_remote: bool, path: Path,
+                  update: Any) -> RunResult:
+    from simulator import parse_url
+
+    from .cli import is_loopback_host
+
+    try:
+        host, port, _ = parse_url(url)
+    except ValueError as error:
+        _fail(f"--url: {error}")
+        raise AssertionError("unreachable") from None
+    if not is_loopback_host(host) and not allow_remote:
+        _fail(f"--url: {host} is not a loopback address; pass --allow-remote to load a remote server")
+    secret = secret or os.environ.get("QUEUECHAT_SECRET")
+    if secret is None and not is_loopback_host(host):
+        _fail("--secret (or QUEUECHAT_SECRET) is needed for a remote server")
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=5.0):
+            pass
+    except OSError as error:
+        _fail(f"--url: cannot reach {host}:{port}: {error.strerror or error}")
+    return run_over_sockets(scenario, url, path, secret=secret, progress=update)
+
+
+def check(history: str, quiet: bool) -> None:
+    try:
+        result = check_history(Path(history))
+    except HistoryError as error:
+        _fail(str(error))
+        return
+    _report(result, sys.stdout, quiet=quiet)
+    sys.exit(EXIT_VIOLATIONS if result.violations else EXIT_OK)
+
+
+def _summary_document(result: RunResult) -> dict[str, Any]:
+    return {
+        "scenario": result.scenario,
+        "seed": result.seed,
+        "mode": result.mode,
+        "wall_s": round(result.wall_s, 3),
+        "run_s": round(result.virtual_s, 3),
+        "summary": result.summary.as_dict(),
+        "violations": [
+            {"rule": v.rule, "message": v.message, "room": v.room, "agent": v.agent, "lines": v.lines}
+            for v in result.violations
+        ],
+    }
+
+
+def _report(result: RunResult, stream: TextIO, *, quiet: bool = False) -> None:
+    summary = result.summary.as_dict()
+    write = stream.write
+    if not quiet:
+        kind = "virtual" if result.mode == "virtual" else "real"
+        write(f"{result.scenario} seed {result.seed} ({result.mode}): {_span(result.virtual_s)} of "
+              f"{kind} time in {result.wall_s:.1f} s\n")
+        p2c, c2p = summary["messages_patient_to_clinician"], summary["messages_clinician_to_patient"]
+        waits = summary["wait_to_first_answer_s"]
+        write(f"  patients: {summary['patients']} checked in, {summary['patients_served']} served "
+              f"(answered or called)\n")
+        write(f"  messages: patient->clinician {p2c['sent']} sent, {p2c['delivered']} delivered; "
+              f"clinician->patient {c2p['sent']} sent, {c2p['delivered']} delivered\n")
+        write(f"  wait to first answer: p50 {waits['p50']} s, p90 {waits['p90']} s, max {waits['max']} s, "
+              f"never answered {waits['unanswered']}\n")
+        write(f"  erasures by reason: {_counts(summary['erasures_by_reason'])}\n")
+        write(f"  departures by reason: {_counts(summary['departures_by_reason'])}\n")
+        write(f"  faults: {_counts(summary['faults'])}; server closes by code: "
+              f"{_counts(summary['server_closes_by_code'])}\n")
+    violations = result.violations
+    write(f"  violations by rule: {_counts(summary['violations_by_rule']) if violations else 'none'}\n")
+    if not violations:
+        return
+    shown: dict[str, int] = {}
+    wanted: set[int] = set()
+    chosen = []
+    for violation in violations:
+        if shown.get(violation.rule, 0) < MAX_SHOWN_PER_RULE:
+            shown[violation.rule] = shown.get(violation.rule, 0) + 1
+            chosen.append(violation)
+            wanted.update(violation.lines)
+    history = result.history
+    lines = read_lines(history, wanted) if history is not None and history.exists() else {}
+    for violation in chosen:
+        where = ", ".join(x for x in (violation.room, violation.agent) if x)
+        write(f"\nVIOLATION {violation.rule} (seed {result.seed}{', ' + where if where else ''}): "
+              f"{violation.message}\n")
+        for number in violation.lines:
+            write(f"  {number}: {lines.get(number, '')}\n")
+    hidden = len(violations) - len(chosen)
+    if hidden:
+        write(f"\n({hidden} more violation(s) not shown; see the summary file)\n")
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.2f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in counts.items()) or "none"
