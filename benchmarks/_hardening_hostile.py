@@ -1,0 +1,249 @@
+"""How far hostile clients move everyone else's delivery latency (goal: p99 within 20 % of before).
+
+    .venv/bin/python benchmarks/_hardening_hostile.py                  # every act, 10 s each
+    .venv/bin/python benchmarks/_hardening_hostile.py --acts flooder,burst --seconds 5 --json out.json
+
+The reference server runs in a process of its own with the contract's default
+limits. A steady control clinic (``--rooms`` rooms of a clinician and four
+patients, ``--rate`` messages a second both ways) runs in this process
+(``_hardening_swarm.py``) and its delivery latency is measured before, during
+and after each hostile act; the act itself runs in a second process of its own
+(this file with ``--act``), so that the measure is of the server, not of a
+client sharing a loop with the attacker. On this 2-core machine the attacker's
+own CPU is a third process competing with the server: its CPU share is
+recorded next to the figures.
+
+Acts: ``slow_reader`` (clinicians that stop reading while patients write to
+them, R42), ``flooder`` (a patient pipelining requests far past R43),
+``burst`` (2,000 connections opened at once, held, closed, again),
+``reconnect_loop`` (a clinician reconnecting as fast as it can, R12),
+``fill_room`` (a room filled past R44, refused patients retrying),
+``mid_frame`` (connections cut in the middle of a frame, with a reset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from _hardening_proc import ServerProcess, cpu_seconds, load_average  # noqa: E402
+from _hardening_swarm import Conn, Swarm, percentile, raise_nofile  # noqa: E402
+from _hardening_ws import OP_TEXT, SyncClient, WsError, json_frame  # noqa: E402
+
+from reference_server.protocol import DEVELOPMENT_SECRET, clinician_token  # noqa: E402
+
+ACTS = ["slow_reader", "flooder", "burst", "reconnect_loop", "fill_room", "mid_frame"]
+
+
+def token(room: str) -> str:
+    return clinician_token(DEVELOPMENT_SECRET, room)
+
+
+# --------------------------------------------------------------------------- the acts (own process)
+
+
+def act_slow_reader(url: str, until: float) -> None:
+    n = 0
+    while time.monotonic() < until:
+        n += 1
+        room = f"slow-{n}"
+        slow = SyncClient(url, rcvbuf=4096)
+        slow.hello({"type": "hello", "role": "clinician", "room": room, "token": token(room)})
+        writer = SyncClient(url)
+        writer.hello({"type": "hello", "role": "patient", "room": room, "name": "Writer"})
+        text = "x" * 4000
+        for _ in range(2000):  # bounded: far past 1,024 frames and 4 MiB
+            if time.monotonic() > until:
+                break
+            writer.send_bytes(b"".join(json_frame({"type": "send", "text": text}) for _ in range(20)))
+            answers = 0
+            while answers < 20:
+                frame = writer.recv()
+                if frame.opcode != OP_TEXT:
+                    break
+                if frame.json()["type"] in ("ok", "error"):
+                    answers += 1
+                elif frame.json()["type"] == "provider_status":  # away: the slow reader was dropped
+                    answers = -1
+                    break
+            if answers < 0:
+                break
+        writer.close()
+        slow.abort()
+
+
+def act_flooder(url: str, until: float) -> None:
+    client = SyncClient(url)
+    client.hello({"type": "hello", "role": "patient", "room": "flood", "name": "Flooder"})
+    burst = b"".join(json_frame({"type": "ping"}) for _ in range(500))
+    while time.monotonic() < until:
+        client.send_bytes(burst)
+        for _ in range(500):
+            client.recv()
+    client.close()
+
+
+def act_burst(url: str, until: float) -> None:
+    while time.monotonic() < until:
+        swarm = Swarm(url)
+        swarm.max_in_flight = 2000
+        for i in range(2000):
+            swarm.add(Conn("patient", f"burst-{i % 8}", name=f"B{i}"))
+        swarm.wait_open(60)
+        swarm.close_all()
+        for _ in range(20):
+            swarm.step(0.01)
+
+
+def act_reconnect_loop(url: str, until: float) -> None:
+    room = "reconnecting"
+    patients = [SyncClient(url) for _ in range(3)]
+    for p in patients:
+        p.hello({"type": "hello", "role": "patient", "room": room, "name": "Waiting"})
+    while time.monotonic() < until:
+        clinician = SyncClient(url)
+        clinician.hello({"type": "hello", "role": "clinician", "room": room, "token": token(room)})
+        clinician.close()
+        for p in patients:
+            p.send_bytes(json_frame({"type": "ping"}))
+            while p.recv().json().get("type") not in ("ok", "error"):  # error: rate_limited (R43)
+                pass
+    for p in patients:
+        p.close()
+
+
+def act_fill_room(url: str, until: float) -> None:
+    room = "full"
+    inside: list[SyncClient] = []
+    while time.monotonic() < until:
+        client = SyncClient(url)
+        try:
+            client.hello({"type": "hello", "role": "patient", "room": room, "name": "Filler"})
+            inside.append(client)
+        except WsError:  # capacity: 1013
+            client.close()
+            for c in inside[:50]:
+                c.close()
+            del inside[:50]
+    for c in inside:
+        c.close()
+
+
+def act_mid_frame(url: str, until: float) -> None:
+    while time.monotonic() < until:
+        client = SyncClient(url)
+        client.hello({"type": "hello", "role": "patient", "room": "cut", "name": "Cut"})
+        frame = json_frame({"type": "send", "text": "never finished " * 30})
+        client.send_bytes(frame[: len(frame) // 2])
+        client.abort()
+
+
+def run_act(name: str, url: str, seconds: float) -> None:
+    raise_nofile(6000)
+    until = time.monotonic() + seconds
+    acts = {"slow_reader": act_slow_reader, "flooder": act_flooder, "burst": act_burst,
+            "reconnect_loop": act_reconnect_loop, "fill_room": act_fill_room, "mid_frame": act_mid_frame}
+    acts[name](url, until)
+
+
+# --------------------------------------------------------------------------- the measure
+
+
+def window(swarm: Swarm, seconds: float, rate: float) -> dict[str, Any]:
+    swarm.tally.latencies_ms.clear()
+    swarm.drive(seconds, rate)
+    lat = swarm.tally.latencies_ms
+    return {"deliveries": len(lat), "p50_ms": round(percentile(lat, 50), 2),
+            "p99_ms": round(percentile(lat, 99), 2), "max_ms": round(max(lat), 2) if lat else None}
+
+
+def measure(acts: list[str], seconds: float, rooms: int, rate: float) -> dict[str, Any]:
+    raise_nofile(8000)
+    out: dict[str, Any] = {"rate_msgs_per_s": rate, "control_rooms": rooms, "seconds": seconds, "acts": {},
+                           "load_before": load_average()}
+    with ServerProcess(nofile=8000, log_level="warning") as server:
+        swarm = Swarm(server.url)
+        for r in range(rooms):
+            room = f"control-{r}"
+            swarm.add(Conn("clinician", room, token=token(room)))
+            for i in range(4):
+                swarm.add(Conn("patient", room, name=f"Control {r}.{i}"))
+        if not swarm.wait_open(60):
+            raise SystemExit("the control clinic did not open")
+        swarm.drive(2, rate)  # warm-up
+        control_connections = server.stats(heavy=False)["connections_open"]
+        tasks_level = server.stats(heavy=False)["tasks_living"]
+        for act in acts:
+            # Back to the control clinic alone (the last act's connections gone), then the "before".
+            for _ in range(300):
+                stats = server.stats(heavy=False)
+                settled = stats["tasks_living"] <= tasks_level + 5
+                if stats["connections_open"] == control_connections and settled:
+                    break
+                swarm.drive(0.2, rate)
+            swarm.drive(2, rate)
+            before = window(swarm, seconds, rate)
+            attacker = subprocess.Popen([sys.executable, __file__, "--act", act, "--url", server.url,
+                                         "--seconds", str(seconds + 2)])
+            swarm.drive(1.0, rate)  # the act gets going
+            cpu0, t0 = cpu_seconds(attacker.pid), time.monotonic()
+            load = load_average()
+            during = window(swarm, seconds, rate)
+            try:
+                attacker_cpu = (cpu_seconds(attacker.pid) - cpu0) / (time.monotonic() - t0)
+            except OSError:
+                attacker_cpu = float("nan")
+            end = time.monotonic() + 60
+            while attacker.poll() is None and time.monotonic() < end:
+                swarm.drive(0.2, rate)
+            if attacker.poll() is None:
+                attacker.kill()
+            after = window(swarm, seconds / 2, rate)
+            ratio = during["p99_ms"] / before["p99_ms"] if before["p99_ms"] else float("nan")
+            stats = server.stats(heavy=False)
+            out["acts"][act] = {"before": before, "during": during, "after": after,
+                                "p99_during_over_before": round(ratio, 2),
+                                "attacker_cpu_share": round(attacker_cpu, 2), "load_average_during": load,
+                                "attacker_exit": attacker.returncode,
+                                "server": {k: stats[k] for k in ("slow_reader_drops", "rate_limited",
+                                                                 "lost_connections", "internal_errors",
+                                                                 "connections_open")}}
+            print(json.dumps({act: out["acts"][act]}), flush=True)
+        out["control_errors"] = dict(swarm.tally.errors)
+        out["control_closes"] = dict(swarm.tally.closes)
+        swarm.close_all()
+    out["load_after"] = load_average()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--acts", default=",".join(ACTS))
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rooms", type=int, default=20)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--act", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--url", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.act is not None:
+        run_act(args.act, args.url, args.seconds)
+        return 0
+    result = measure(args.acts.split(","), args.seconds, args.rooms, args.rate)
+    print(json.dumps(result, indent=2))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
