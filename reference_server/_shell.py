@@ -684,8 +684,6 @@ class QueueChatServer:
                     touched.append(conn)
             else:
                 assert isinstance(effect, Close)
-                if effect.code == CloseCode.POLICY and effect.reason == "hello required":
-                    counters.hello_timeouts += 1
                 conn.push_close(effect.code, effect.reason)
 
     async def _writer(self, conn: _Connection) -> None:
@@ -719,7 +717,10 @@ class QueueChatServer:
 
     async def _hello_timer(self, conn: _Connection, timeout_s: float) -> None:
         await trio.sleep(timeout_s)
-        self._apply(self._model.hello_timed_out(conn.id))
+        effects = self._model.hello_timed_out(conn.id)
+        if effects:  # empty once the connection said hello
+            self._counters.hello_timeouts += 1
+        self._apply(effects)
 
     async def _heartbeat(self, conn: _Connection, nursery: trio.Nursery, interval_s: float) -> None:
         for sequence in itertools.count(1):
