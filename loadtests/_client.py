@@ -97,6 +97,7 @@ class Connection:
         on_event: Callable[[dict[str, Any], float], None],
         on_send_error: Callable[[str, str], None],
         on_closed: Callable[[Connection, int | None], None],
+        on_open_change: Callable[[int], None] | None = None,
         connect_timeout_s: float = 10.0,
     ) -> None:
         self.url = url
@@ -104,6 +105,7 @@ class Connection:
         self._on_event = on_event
         self._on_send_error = on_send_error
         self._on_closed = on_closed
+        self._on_open_change = on_open_change
         self._connect_timeout_s = connect_timeout_s
         self._ws: Any = None
         self._reader: gevent.Greenlet | None = None
@@ -124,8 +126,16 @@ class Connection:
         ws.settimeout(None)
         buffer_reads(ws)
         self._ws = ws
-        self.open = True
+        self._set_open(True)
         self._reader = gevent.spawn(self._read_forever)
+
+    def _set_open(self, value: bool) -> None:
+        """``open``, and ``on_open_change`` told once per change (+1 opened, -1 ended), whichever side
+        ends the connection first."""
+        if value != self.open:
+            self.open = value
+            if self._on_open_change is not None:
+                self._on_open_change(1 if value else -1)
 
     def close(self) -> None:
         """End the connection now (a close frame, no wait for the answer) and stop the reader."""
@@ -137,7 +147,7 @@ class Connection:
                 ws.send_close(1000)
             with contextlib.suppress(Exception):
                 ws.shutdown()
-        self.open = False
+        self._set_open(False)
         reader, self._reader = self._reader, None
         if reader is not None and reader is not gevent.getcurrent():
             reader.kill(block=True, timeout=2.0)
@@ -198,7 +208,7 @@ class Connection:
                 data = frame.data
                 close_code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
                 break
-        self.open = False
+        self._set_open(False)
         self.close_code = close_code
         self._fail_waiters(Disconnected(close_code))
         if not self.expect_close:

@@ -13,6 +13,11 @@ Message entries carry two histograms: the latency from the *intended* send
 time (corrected for coordinated omission, as wrk2 does; the primary figure)
 and from the *actual* send time (uncorrected, kept beside it).
 
+Each interval also carries a timeline row: the users and connections open
+at its end (gauges, changed by the users as they happen) and the errors and
+disconnects recorded in it; the merger adds rows of the same interval start
+from every process, as it adds histograms.
+
 No Locust, no gevent, no I/O here except the output writers.
 """
 
@@ -49,6 +54,11 @@ LATENCY_ENTRIES = (*MESSAGE_ENTRIES, CLINICIAN_HELLO, CHECK_IN, CALL_START, OPEN
 ERRORS = "errors"
 DISCONNECTS = "disconnects"
 COUNTED_ENTRIES = (ERRORS, DISCONNECTS)
+# Gauges: what is running at the end of each interval, in the timeline.
+USERS = "users"
+CONNECTIONS = "connections"
+GAUGES = (USERS, CONNECTIONS)
+TIMELINE_HEADER = "start_epoch_s,length_s,users,connections,errors,disconnects"
 
 UNCORRECTED_SUFFIX = ".uncorrected"
 REPORT_PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
@@ -186,10 +196,20 @@ class Recorder:
         self._disconnects: dict[str, int] = {}  # close code (as text) -> count
         self._disconnects_sent: dict[str, int] = {}
         self.counters: dict[str, int] = {}  # informational: skipped sends, in flight at stop, ...
+        self.gauges: dict[str, int] = dict.fromkeys(GAUGES, 0)
+        self._interval_errors = 0
+        self._interval_disconnects = 0
+        self._timeline: list[dict[str, Any]] = []  # completed intervals' rows, not yet drained
         self.closed = False
 
     def _interval_index(self) -> int:
         return math.floor(self._clock() / self.interval_s)
+
+    def _now(self) -> None:
+        """Close the current interval if the clock has left it, so that what follows counts in the next."""
+        index = math.floor(self._clock() / self.interval_s)
+        if index != self._index:
+            self._roll(index)
 
     def _entry(self, name: str) -> _EntryRecording:
         entry = self._entries.get(name)
@@ -213,14 +233,25 @@ class Recorder:
     def error(self, name: str, code: str) -> None:
         if self.closed:
             return
+        self._now()
         by_code = self._errors.setdefault(name, {})
         by_code[code] = by_code.get(code, 0) + 1
+        self._interval_errors += 1
 
     def disconnect(self, close_code: int | None) -> None:
         if self.closed:
             return
+        self._now()
         key = str(close_code) if close_code is not None else "dropped"
         self._disconnects[key] = self._disconnects.get(key, 0) + 1
+        self._interval_disconnects += 1
+
+    def adjust(self, gauge: str, delta: int) -> None:
+        """A gauge (users, connections) changed now: the interval it ends in shows the new value."""
+        if self.closed:
+            return
+        self._now()
+        self.gauges[gauge] = self.gauges.get(gauge, 0) + delta
 
     def count(self, name: str, n: int = 1) -> None:
         """An informational counter (not an error): messages skipped, in flight at the end, ..."""
@@ -255,24 +286,35 @@ class Recorder:
                 entry.whole_uncorrected.add(entry.interval_uncorrected)
                 reset(entry.interval_uncorrected)
             self._completed.append(item)
+        self._timeline.append({
+            "start": start,
+            "length": round(length, 6),
+            **{gauge: self.gauges.get(gauge, 0) for gauge in GAUGES},
+            "errors": self._interval_errors,
+            "disconnects": self._interval_disconnects,
+        })
+        self._interval_errors = self._interval_disconnects = 0
         self._index = new_index
 
     def drain(self, *, final: bool = False) -> dict[str, Any]:
-        """What is new since the last drain: completed intervals and error/disconnect count deltas.
+        """What is new since the last drain: completed intervals (histograms and timeline rows) and
+        error/disconnect count deltas.
 
         With ``final``, the current (partial) interval is closed too, the
         recorder is closed, and the whole-run totals are added under
         ``final``.
         """
         now_index = self._interval_index()
-        if final:
-            self._roll(now_index, partial_end=self._clock())
-            self.closed = True
-        elif now_index != self._index:
+        if now_index != self._index:
             self._roll(now_index)
+        if final:
+            self._roll(now_index, partial_end=self._clock())  # the timeline ends in the interval of now
+            self.closed = True
         intervals, self._completed = self._completed, []
+        timeline, self._timeline = self._timeline, []
         payload: dict[str, Any] = {
             "intervals": intervals,
+            "timeline": timeline,
             "errors": _delta(self._errors, self._errors_sent),
             "disconnects": {k: v - self._disconnects_sent.get(k, 0) for k, v in self._disconnects.items()
                             if v != self._disconnects_sent.get(k, 0)},
@@ -329,6 +371,7 @@ class Collector:
         self._intervals: dict[tuple[float, str], list[str]] = {}
         self._interval_lengths: dict[tuple[float, str], float] = {}
         self._interval_counts: dict[str, dict[str, int]] = {}  # source -> entry -> samples seen in intervals
+        self._timeline: dict[str, dict[int, dict[str, Any]]] = {}  # source -> interval index -> its row
         self.finals: dict[str, dict[str, Any]] = {}  # source -> its final payload (plus extras)
         self._window = _Window()
         self.sources: set[str] = set()
@@ -349,6 +392,18 @@ class Collector:
             if window is None:
                 window = self._window.histograms[entry] = new_histogram()
             window.decode_and_add(item["hist"])
+        rows = self._timeline.setdefault(source, {})
+        for row in payload.get("timeline", ()):
+            index = round(float(row["start"]) / self.interval_s)
+            counts = {name: int(row.get(name, 0)) for name in (*GAUGES, ERRORS, DISCONNECTS)}
+            seen = rows.get(index)
+            if seen is None:
+                rows[index] = {"length": float(row["length"]), **counts}
+            else:  # the interval came round again (the wall clock went back): add its counts
+                seen["length"] = max(seen["length"], float(row["length"]))
+                seen.update({gauge: counts[gauge] for gauge in GAUGES})
+                seen[ERRORS] += counts[ERRORS]
+                seen[DISCONNECTS] += counts[DISCONNECTS]
         self._window.errors += sum(sum(codes.values()) for codes in payload.get("errors", {}).values())
         self._window.disconnects += sum(payload.get("disconnects", {}).values())
 
@@ -406,9 +461,49 @@ class Collector:
         for source, final in self.finals.items():
             seen = self._interval_counts.get(source, {})
             totals = {name: entry["count"] for name, entry in final["final"]["entries"].items()}
-            if any(seen.get(name, 0) != n for name, n in totals.items()):
+            rows = self._timeline.get(source, {}).values()
+            counted = (sum(row[ERRORS] for row in rows), sum(row[DISCONNECTS] for row in rows))
+            whole = (sum(sum(codes.values()) for codes in final["final"]["errors"].values()),
+                     sum(final["final"].get("disconnects", {}).values()))
+            if any(seen.get(name, 0) != n for name, n in totals.items()) or counted != whole:
                 bad.append(source)
         return sorted(bad)
+
+    def timeline(self) -> list[dict[str, Any]]:
+        """One row per interval from the first to the last one reported (histograms or rows).
+
+        Errors and disconnects are added over the sources; the gauges (users,
+        connections) too, each source carrying its last known value over the
+        intervals it did not report (nothing changed there), 0 before its first.
+        Every interval but the last is whole; the last is as long as its
+        longest report (partial, as in the .hlog).
+        """
+        indices = {index for rows in self._timeline.values() for index in rows}
+        indices.update(round(start / self.interval_s) for start, _ in self._intervals)
+        if not indices:
+            return []
+        first, last = min(indices), max(indices)
+        carried = {source: dict.fromkeys(GAUGES, 0) for source in self._timeline}
+        out = []
+        for index in range(first, last + 1):
+            row: dict[str, Any] = {"start": index * self.interval_s, "length": self.interval_s,
+                                   **dict.fromkeys((*GAUGES, ERRORS, DISCONNECTS), 0)}
+            lengths = []
+            for source, rows in self._timeline.items():
+                reported = rows.get(index)
+                if reported is not None:
+                    carried[source] = {gauge: reported[gauge] for gauge in GAUGES}
+                    row[ERRORS] += reported[ERRORS]
+                    row[DISCONNECTS] += reported[DISCONNECTS]
+                    lengths.append(reported["length"])
+                for gauge in GAUGES:
+                    row[gauge] += carried[source][gauge]
+            if index == last:
+                lengths.extend(length for (start, _), length in self._interval_lengths.items()
+                               if round(start / self.interval_s) == last)
+                row["length"] = max(lengths, default=self.interval_s)
+            out.append(row)
+        return out
 
     # ------------------------------------------------------------------ outputs
 
@@ -434,6 +529,17 @@ class Collector:
                           f"{histogram.get_max_value() / 1000.0:.3f},{encode(histogram)}\n")
                 lines += 1
         return lines
+
+
+    def write_timeline(self, path: Path) -> int:
+        """Write :meth:`timeline` as CSV (``TIMELINE_HEADER``); returns its rows."""
+        rows = self.timeline()
+        with open(path, "w", encoding="ascii", newline="") as out:
+            out.write(TIMELINE_HEADER + "\n")
+            for row in rows:
+                out.write(f"{row['start']:.3f},{row['length']:.3f},{row[USERS]},{row[CONNECTIONS]},"
+                          f"{row[ERRORS]},{row[DISCONNECTS]}\n")
+        return len(rows)
 
 
 def write_hgrm(path: Path, histogram: HdrHistogram) -> None:

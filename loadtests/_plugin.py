@@ -14,6 +14,10 @@ Roles, from Locust's runner:
   and at the end waits (bounded) for every worker's final answer before it
   writes the results.
 
+The master (or single process) also picks the users' seed when none is
+given (``--qc-seed``) and hands it to the workers with the options, as it
+hands them the run's id.
+
 Locust's messaging is used as is (``runner.send_message`` /
 ``register_message`` and the report events): no second channel to keep
 secure or alive.
@@ -21,6 +25,7 @@ secure or alive.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import sys
 import time
@@ -29,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import gevent  # type: ignore[import-untyped]  # gevent ships no type information
+import locust
 from locust import events
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
-from . import _report
+from . import _meta, _report
 from ._cpu import CpuSampler, assess
 from ._hdr import MESSAGE_ENTRIES, Collector, Recorder, new_histogram, percentiles, write_json
 from ._settings import OPTIONS, Settings, from_options, host_problem
@@ -66,6 +72,9 @@ class ProcessState:
         self._greenlets: list[gevent.Greenlet] = []
         self._finishing = False
         self.host_problem: str | None = None
+        self.seed = 0
+        self._user_numbers = itertools.count()
+        self.environment_meta: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ starting
 
@@ -98,16 +107,23 @@ class ProcessState:
         self.exit_code = None
         self.summary = None
         self._finishing = False
+        self._user_numbers = itertools.count()
         options = environment.parsed_options
         if self.role == ROLE_WORKER:
             self.run_id = getattr(options, "queuechat_run_id", None)
+            handed = getattr(options, "queuechat_seed", None)
+            self.seed = self.settings.seed if self.settings.seed is not None else (
+                int(handed) if handed is not None else secrets.randbits(32))
             self._start_cpu()
             if environment.runner is not None:
                 environment.runner.send_message(MSG_JOIN, {"run": self.run_id})
             return
         self.run_id = secrets.token_hex(8)
+        self.seed = self.settings.seed if self.settings.seed is not None else secrets.randbits(32)
         if options is not None:
             options.queuechat_run_id = self.run_id  # handed to the workers with each spawn
+            options.queuechat_seed = self.seed  # likewise (a new one per test unless --qc-seed is given)
+        self.environment_meta = _meta.environment(locust_version=locust.__version__)
         self.collector = Collector(interval_s=self.settings.interval_s)
         self.participants = set()
         self.latest_cpu = {}
@@ -115,6 +131,16 @@ class ProcessState:
             self._start_cpu()
         if self.settings.progress_s > 0:
             self._greenlets.append(gevent.spawn(self._progress_forever))
+
+    def next_user_number(self) -> int:
+        """This process's users in the order they are made, from 0 each test: with the seed, each user's
+        random stream."""
+        return next(self._user_numbers)
+
+    def worker_index(self) -> int:
+        """Locust's index for this worker (given by the master), 0 for a single process."""
+        index = getattr(self.environment.runner, "worker_index", 0) if self.role == ROLE_WORKER else 0
+        return max(0, int(index or 0))
 
     def _start_cpu(self) -> None:
         self.cpu = CpuSampler()
@@ -151,6 +177,7 @@ class ProcessState:
             verdict["mean_wait_for_cpu_ms"] = round(wait, 3) if wait is not None else None
         payload = self.recorder.drain(final=True)
         payload["run"] = self.run_id
+        payload["seed"] = self.seed  # the workers' own copy: each used the master's
         payload["cpu"] = verdict
         self._kill_greenlets()
         return payload
@@ -232,7 +259,8 @@ class ProcessState:
             "workers": len(self.collector.finals) if self.role == ROLE_MASTER else 0,
         }
         summary, results, merged = _report.build(self.collector, run=run, thresholds=self.thresholds,
-                                                 slo_file=self.settings.slo, missing_sources=missing)
+                                                 slo_file=self.settings.slo, missing_sources=missing,
+                                                 meta={**self.environment_meta, "command": self.command()})
         if self.host_problem is not None:  # nothing was loaded: a usage error, not a measurement
             summary["validity"]["problems"].insert(0, self.host_problem)
             summary["verdict"], summary["exit_code"] = "usage_error", _report.EXIT_USAGE
@@ -250,6 +278,27 @@ class ProcessState:
         print(_report.format_summary(summary), flush=True)
         if out is not None:
             print(f"queuechat results: {out}", flush=True)
+
+    def command(self) -> dict[str, Any]:
+        """The settings a reader of the results needs to know what load this was (``meta.command``)."""
+        options = self.environment.parsed_options
+        users = getattr(options, "num_users", None)
+        run_time = getattr(options, "run_time", None)
+        reference = bool(getattr(options, "qc_reference_server", False))
+        return {
+            "users": users,
+            "spawn_rate": getattr(options, "spawn_rate", None),
+            "rate_per_user": self.settings.rate_per_user,
+            "rate": round(self.settings.rate_per_user * users, 6) if isinstance(users, int) else None,
+            "duration_s": run_time if isinstance(run_time, int | float) and run_time else None,
+            "workers": getattr(options, "expect_workers", None) if self.role == ROLE_MASTER else 0,
+            "patients_per_room": self.settings.patients,
+            "text_chars": self.settings.text_chars,
+            "interval_s": self.settings.interval_s,
+            "slo": self.settings.slo,
+            "seed": self.seed,
+            "server": _meta.REFERENCE_SERVER if reference else self.environment.host,
+        }
 
     def out_dir(self) -> Path | None:
         if self.settings.out:
@@ -325,6 +374,9 @@ def _add_options(parser: Any, **_: Any) -> None:
                            help=help_text + (f" Default: {default}." if default is not None else ""))
     parser.add_argument("--qc-allow-remote", action="store_true", default=False,
                         help="Allow a --host that is not loopback (127.0.0.1, ::1, localhost).")
+    parser.add_argument("--qc-reference-server", action="store_true", default=False, include_in_web_ui=False,
+                        help="Set by queuechat load: the --host is the reference server it started "
+                             "(said so in summary.json's meta.command.server).")
     parser.add_argument("--qc-secret", default=None, is_secret=True,
                        help="The server's secret for clinician tokens; default: $QUEUECHAT_SECRET, "
                             "else the development secret.")

@@ -1,4 +1,5 @@
-"""The run's results: summary (JSON), percentile tables (.hgrm), interval log (.hlog), JUnit XML.
+"""The run's results: summary (JSON), percentile tables (.hgrm), interval log (.hlog), timeline (CSV),
+JUnit XML.
 
 Built at the master (or the single process) from a :class:`~loadtests._hdr.Collector`.
 The verdict and exit code: 0 pass, 1 an SLO threshold failed, 3 the run is
@@ -37,6 +38,7 @@ EXIT_USAGE = 2
 EXIT_INVALID = 3
 SUMMARY_FILE = "summary.json"
 HLOG_FILE = "latency.hlog"
+TIMELINE_FILE = "timeline.csv"
 JUNIT_FILE = "junit.xml"
 SUMMARY_VERSION = 1
 WAIT_WARNING_MS = 0.5
@@ -54,8 +56,13 @@ def build(
     thresholds: Sequence[Threshold],
     slo_file: str | None,
     missing_sources: Sequence[str] = (),
+    meta: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[ThresholdResult], dict[str, Any]]:
-    """The summary, the threshold results and the merged histograms (entry -> (primary, uncorrected))."""
+    """The summary, the threshold results and the merged histograms (entry -> (primary, uncorrected)).
+
+    ``meta`` (versions, commit, machine, the command's settings; see :mod:`loadtests._meta`) goes
+    under its own key so that ``run`` keeps the shape its readers know.
+    """
     merged = collector.merged()
     errors = collector.errors()
     entries: dict[str, Any] = {}
@@ -106,8 +113,8 @@ def build(
         problems.append(f"load generator {source} sent no final results")
     if not any(entries[name]["count"] for name in MESSAGE_ENTRIES):
         problems.append("no message was delivered: nothing was measured")
-    warnings = [f"interval reports from {source} do not add up to its totals (the .hlog misses some)"
-                for source in collector.inconsistent_sources()]
+    warnings = [f"interval reports from {source} do not add up to its totals (the .hlog and the timeline "
+                "miss some)" for source in collector.inconsistent_sources()]
     for generator in generators:
         wait = (generator["cpu"] or {}).get("mean_wait_for_cpu_ms")
         if isinstance(wait, int | float) and wait > WAIT_WARNING_MS:
@@ -125,6 +132,7 @@ def build(
     summary: dict[str, Any] = {
         "version": SUMMARY_VERSION,
         "run": dict(run),
+        "meta": dict(meta) if meta is not None else {},
         "entries": entries,
         "errors": {"total": sum(by_code.values()), "by_code": dict(sorted(by_code.items()))},
         "disconnects": {"count": sum(disconnects.values()),
@@ -163,6 +171,9 @@ def write(out_dir: Path, collector: Collector, summary: Mapping[str, Any], resul
                          comment="queuechat load: one tag per entry; '.uncorrected' tags are latencies "
                                  "from the actual send time")
     written.append(hlog)
+    timeline = out_dir / TIMELINE_FILE
+    collector.write_timeline(timeline)
+    written.append(timeline)
     junit = out_dir / JUNIT_FILE
     junit.write_bytes(junit_xml(results, validity_problems=summary["validity"]["problems"],
                                 duration_s=float(summary["run"].get("duration_s", 0.0))))
@@ -181,9 +192,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     """The end-of-run summary for people: one line per entry, then the SLOs and the verdict."""
     lines = []
     run = summary.get("run", {})
+    seed = (summary.get("meta") or {}).get("command", {}).get("seed")
     lines.append(f"queuechat load: {run.get('duration_s', 0):.1f} s against {run.get('host', '?')}, "
                  f"{run.get('users', '?')} users, {run.get('rate_per_user', '?')} msgs/s per user, "
-                 f"{max(1, len(summary.get('generators', [])))} generator process(es)")
+                 f"{max(1, len(summary.get('generators', [])))} generator process(es)"
+                 + (f", seed {seed}" if seed is not None else ""))
     header = f"  {'entry':<24}{'count':>9}{'errors':>8}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}" \
              f"{'p99.9 ms':>10}{'max ms':>10}{'p99 uncorr':>12}"
     lines.append(header)

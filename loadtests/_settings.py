@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import random
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +40,7 @@ class Settings:
     cpu_sample_s: float = DEFAULT_SAMPLE_S
     progress_s: float = 3.0  # 0: no progress lines
     allow_remote: bool = False  # load only loopback hosts unless told otherwise
+    seed: int | None = None  # the users' start offsets; None: a random seed, chosen when a test starts
 
     @property
     def text(self) -> str:
@@ -61,9 +63,17 @@ class Settings:
             out.append("--qc-cpu-sustained must be between 0 and 1")
         if self.progress_s < 0:
             out.append("--qc-progress must not be negative")
+        if self.seed is not None and self.seed < 0:
+            out.append("--qc-seed must not be negative")
         if not self.secret:
             out.append("the secret must not be empty")
         return out
+
+
+def user_random(seed: int, worker_index: int, user_number: int) -> random.Random:
+    """A user's own random stream: the same seed, worker and user give the same draws, whatever else
+    draws (never the global ``random``). A text seed: hashed with SHA-512, the same in every process."""
+    return random.Random(f"queuechat-load:{seed}:{worker_index}:{user_number}")
 
 
 def is_loopback_host(host: str) -> bool:
@@ -111,6 +121,8 @@ OPTIONS: dict[str, tuple[str, type, str]] = {
                       "the run invalid (exit code 3)."),
     "cpu-sample": ("cpu_sample_s", float, "Seconds between CPU samples of each generator process."),
     "progress": ("progress_s", float, "Seconds between progress lines; 0 for none."),
+    "seed": ("seed", int, "Seed for the users' random start offsets: the same seed, users and workers give "
+             "the same schedule; default: a random seed, recorded in summary.json (meta.command.seed)."),
 }
 
 

@@ -13,6 +13,11 @@ in this one process: ``client_ts`` carries the intended time (integer
 microseconds since the epoch) and is the key that matches a delivery to
 its send.
 
+Each user draws from a random stream of its own, derived from the run's
+seed (``--qc-seed``), its worker's index and its number in that process,
+so that the same seed gives the same schedule. The users and the connections
+they hold are counted as they change (the timeline's gauges).
+
 Everything here runs under gevent; it imports the protocol module, never
 Trio or the server.
 """
@@ -43,12 +48,14 @@ from ._hdr import (
     CHECK_IN,
     CLINICIAN_HELLO,
     CLINICIAN_TO_PATIENT,
+    CONNECTIONS,
     DISCONNECTS,
     OPEN_CHAT,
     PATIENT_TO_CLINICIAN,
+    USERS,
     Recorder,
 )
-from ._settings import PATIENT_NAME, Settings, host_problem
+from ._settings import PATIENT_NAME, Settings, host_problem, user_random
 
 REQUEST_TYPE = "WS"
 UNATTRIBUTED = "unattributed"  # errors that belong to no request of ours (no ref, unreadable frame)
@@ -92,11 +99,13 @@ class _Slot:
 class RoomClient:
     """A clinician and its patients: connections, the message schedule, timing and reporting."""
 
-    def __init__(self, environment: Environment, url: str, settings: Settings, recorder: Recorder) -> None:
+    def __init__(self, environment: Environment, url: str, settings: Settings, recorder: Recorder,
+                 rng: random.Random | None = None) -> None:
         self.environment = environment
         self.url = url
         self.settings = settings
         self.recorder = recorder
+        self.rng = rng if rng is not None else random.Random()
         self.room = _new_room_name()
         self.text = settings.text
         self.clinician: Connection | None = None
@@ -138,7 +147,12 @@ class RoomClient:
                     on_event: Callable[[dict[str, Any], float], None]) -> Connection:
         return Connection(self.url, on_message=on_message, on_event=on_event,
                           on_send_error=self._send_error, on_closed=self._closed,
+                          on_open_change=self._open_changed,
                           connect_timeout_s=min(self.settings.timeout_s, 10.0))
+
+    def _open_changed(self, delta: int) -> None:
+        """A connection opened (+1) or ended (-1), whoever ended it: the timeline's connection count."""
+        self.recorder.adjust(CONNECTIONS, delta)
 
     def _hello(self, conn: Connection, frame: dict[str, Any], entry: str) -> dict[str, Any]:
         """Connect and say hello; an error or a close before welcome is the entry's failure."""
@@ -267,7 +281,7 @@ class RoomClient:
     def _schedule_forever(self) -> None:
         """Send message k at ``start + k / rate``, whatever happened to the ones before (open model)."""
         period = 1.0 / self.settings.rate_per_user
-        start = perf_counter() + random.random() * period  # users do not send in step
+        start = perf_counter() + self.rng.random() * period  # users do not send in step (seeded)
         for k in itertools.count():
             if self.stopping:
                 return
@@ -416,7 +430,17 @@ class QueueChatUser(User):
         from ._plugin import process_state  # the plugin owns the recorder and the settings
 
         state = process_state(environment)
-        self.client = RoomClient(environment, self.host or "", state.settings, state.recorder)
+        rng = user_random(state.seed, state.worker_index(), state.next_user_number())
+        self.client = RoomClient(environment, self.host or "", state.settings, state.recorder, rng)
+
+    def start(self, group: Any) -> Any:
+        """Count the user as running from now until its greenlet ends, however it ends (the timeline's
+        users; Locust's own count is its living user greenlets too)."""
+        greenlet = super().start(group)
+        recorder = self.client.recorder
+        recorder.adjust(USERS, 1)
+        greenlet.rawlink(lambda _: recorder.adjust(USERS, -1))
+        return greenlet
 
     def on_start(self) -> None:
         if host_problem(self.client.url, allow_remote=self.client.settings.allow_remote) is not None:

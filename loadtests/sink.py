@@ -10,7 +10,11 @@ measurement-truth tests:
 - ``--delay-ms D`` delays every delivery (the ``message`` event) by D;
 - ``--stall-after-s T --stall-s S``: T seconds after the first ``send``
   arrives, the whole server stalls (its event loop sleeps) for S seconds,
-  once.
+  once;
+- ``--error-every N`` refuses every Nth ``send`` (server-wide) with
+  ``error{rate_limited}``, and ``--drop-every N`` closes the sender of every
+  Nth ``send`` with 1011 instead of relaying it: known errors and
+  disconnects for the tests that count them.
 
 It runs in a process of its own (``python -m loadtests.sink --port 0``) and
 prints ``loadtests.sink: ready on ws://HOST:PORT/v1/ws`` when it listens.
@@ -103,12 +107,16 @@ class _Room:
 
 
 class _Settings:
-    def __init__(self, delay_s: float, stall_after_s: float | None, stall_s: float) -> None:
+    def __init__(self, delay_s: float, stall_after_s: float | None, stall_s: float,
+                 error_every: int = 0, drop_every: int = 0) -> None:
         self.delay_s = delay_s
         self.stall_after_s = stall_after_s
         self.stall_s = stall_s
+        self.error_every = error_every
+        self.drop_every = drop_every
         self.first_send: float | None = None
         self.stalled = False
+        self.sends = 0
 
 
 class _Conn(asyncio.Protocol):
@@ -309,6 +317,13 @@ class _Conn(asyncio.Protocol):
               and now - settings.first_send >= settings.stall_after_s):
             settings.stalled = True
             time.sleep(settings.stall_s)  # the stall: nothing at all runs meanwhile
+        settings.sends += 1
+        if settings.drop_every and settings.sends % settings.drop_every == 0:
+            self._close(1011)
+            return
+        if settings.error_every and settings.sends % settings.error_every == 0:
+            self._error("rate_limited", ref)
+            return
         room = self.room
         assert room is not None
         if self.role == "clinician":
@@ -405,12 +420,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stall-after-s", type=float, default=None,
                         help="stall the whole server this long after the first send arrives")
     parser.add_argument("--stall-s", type=float, default=0.0, help="how long the stall lasts")
+    parser.add_argument("--error-every", type=int, default=0,
+                        help="refuse every Nth send with error rate_limited; 0: never")
+    parser.add_argument("--drop-every", type=int, default=0,
+                        help="close the sender of every Nth send with 1011 instead; 0: never")
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "::1", "localhost"):
         parser.error("the sink listens on loopback only")
     if args.delay_ms < 0 or args.stall_s < 0 or (args.stall_after_s is not None and args.stall_after_s < 0):
         parser.error("delays and stalls must not be negative")
-    settings = _Settings(args.delay_ms / 1000.0, args.stall_after_s, args.stall_s)
+    if args.error_every < 0 or args.drop_every < 0:
+        parser.error("--error-every and --drop-every must not be negative")
+    settings = _Settings(args.delay_ms / 1000.0, args.stall_after_s, args.stall_s, args.error_every,
+                         args.drop_every)
     try:
         asyncio.run(_serve(args.host, args.port, settings))
     except OSError as error:

@@ -13,6 +13,7 @@ its progress lines, print the summary it wrote, and return the exit code:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import queue
@@ -78,6 +79,7 @@ class LoadOptions:
     text_chars: int = 64
     locustfile: Path = SHIPPED_LOCUSTFILE
     progress_s: float = 3.0
+    seed: int | None = None  # the users' start offsets; None: :func:`run` picks one (and says which)
 
 
 # --------------------------------------------------------------------------- checks
@@ -328,6 +330,10 @@ def locust_command(options: LoadOptions, url: str) -> list[str]:
     ]
     if options.slo is not None:
         command += ["--qc-slo", str(options.slo)]
+    if options.seed is not None:
+        command += ["--qc-seed", str(options.seed)]
+    if options.url is None:
+        command += ["--qc-reference-server"]  # url is the server run() started: said so in the summary
     if options.allow_remote:
         command += ["--qc-allow-remote"]
     if options.workers > 0:
@@ -404,6 +410,8 @@ def run(options: LoadOptions, *, echo: Any = print) -> int:
         echo(f"queuechat load: cannot create {options.out}: {error.strerror or error}")
         return EXIT_USAGE
     secret = options.secret or os.environ.get("QUEUECHAT_SECRET") or DEVELOPMENT_SECRET
+    if options.seed is None:  # chosen here so that the start line can say it: a run can be repeated
+        options = dataclasses.replace(options, seed=secrets.randbits(32))
     summary_path = options.out / SUMMARY_FILE
     with contextlib.suppress(FileNotFoundError):
         summary_path.unlink()  # a summary left from an earlier run in this folder is not this run's
@@ -424,7 +432,7 @@ def run(options: LoadOptions, *, echo: Any = print) -> int:
                  "patients), "
                  f"{options.rate:g} msgs/s in all, for {options.duration_s} s"
                  + (f", {options.workers} worker processes" if options.workers else ", one process")
-                 + f"; results in {options.out}")
+                 + f"; seed {options.seed}; results in {options.out}")
             code = run_locust(options, url, secret, echo=echo)
     except LoadUsageError as error:
         echo(f"queuechat load: {error}")
@@ -440,8 +448,8 @@ def run(options: LoadOptions, *, echo: Any = print) -> int:
              + (f"; its last words: {last[-1]}" if last else "") + f"; see {options.out / 'locust.log'}")
         return EXIT_USAGE if code == EXIT_USAGE else EXIT_INVALID
     echo(format_summary(summary))
-    echo(f"queuechat load: results in {options.out} (summary.json, junit.xml, latency.hlog, *.hgrm, "
-         "locust_*.csv, locust.json, locust.log)")
+    echo(f"queuechat load: results in {options.out} (summary.json, junit.xml, latency.hlog, timeline.csv, "
+         "*.hgrm, locust_*.csv, locust.json, locust.log)")
     result = int(summary.get("exit_code", EXIT_INVALID))
     if code != result:
         echo(f"queuechat load: note: Locust itself exited with {code}; see locust.log")

@@ -143,8 +143,22 @@ def check(history: str, quiet: bool) -> None:
     sys.exit(EXIT_VIOLATIONS if result.violations else EXIT_OK)
 
 
+def _run_meta(wall_s: float) -> dict[str, Any]:
+    """Which code ran, on what: kept in the summary, never the history (which is byte-identical per seed)."""
+    import datetime as dt
+
+    from loadtests._meta import environment
+
+    meta = environment(locust_version=None)
+    del meta["locust_version"]
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=wall_s)
+    meta["started"] = started.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return meta
+
+
 def _summary_document(result: RunResult) -> dict[str, Any]:
     return {
+        "meta": _run_meta(result.wall_s),
         "scenario": result.scenario,
         "seed": result.seed,
         "mode": result.mode,

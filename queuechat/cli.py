@@ -180,9 +180,12 @@ def token(room: str, secret: str | None) -> None:
 @click.option("--text-chars", default=64, type=click.IntRange(1, 4096), help="Characters per message.")
 @click.option("--locustfile", type=click.Path(dir_okay=False, path_type=Path), default=None,
               show_default=False, help="Another Locust file (one that imports loadtests.locustfile's users).")
+@click.option("--seed", default=None, type=click.IntRange(min=0), show_default=False,
+              help="Seed for the users' random start offsets (the same seed, users and workers give the same "
+                   "schedule); default: a random one, shown and kept in summary.json.")
 def load(url: str | None, secret: str | None, allow_remote: bool, users: int, spawn_rate: float | None,
          rate: float, duration: str, workers: int, slo: Path | None, no_slo: bool, out: Path | None,
-         patients: int, text_chars: int, locustfile: Path | None) -> None:
+         patients: int, text_chars: int, locustfile: Path | None, seed: int | None) -> None:
     """Load a server with Locust, measure message delivery and request latencies, gate on SLOs.
 
     Exit codes: 0 pass, 1 SLO breach, 2 usage or connection error, 3 invalid run
@@ -206,7 +209,7 @@ def load(url: str | None, secret: str | None, allow_remote: bool, users: int, sp
         workers=workers, slo=None if no_slo else (slo or SHIPPED_SLO).resolve(),
         out=(out or Path("runs") / time.strftime("load-%Y%m%d-%H%M%S")).resolve(),
         patients=patients, text_chars=text_chars,
-        locustfile=(locustfile or SHIPPED_LOCUSTFILE).resolve(),
+        locustfile=(locustfile or SHIPPED_LOCUSTFILE).resolve(), seed=seed,
     )
     sys.exit(run(options, echo=lambda line: click.echo(line)))
 
@@ -304,6 +307,88 @@ def check(history: str, quiet: bool) -> None:
     from . import _simulate
 
     _simulate.check(history, quiet)
+
+
+_FIGURES = ("p50", "p90", "p99", "p99.9", "max")
+
+
+@main.command()
+@click.argument("run", required=False, type=click.Path(path_type=Path))
+@click.option("--compare", nargs=2, type=click.Path(path_type=Path), default=None,
+              metavar="BASELINE CANDIDATE", help="Compare two load runs instead, and give a verdict.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where report.html and the PNGs go; default: RUN/report (a history: beside it), "
+                   "with --compare: CANDIDATE/compare.")
+@click.option("--figure", type=click.Choice(_FIGURES), default="p99", show_default=True,
+              help="With --compare: the latency figure the regression bound applies to.")
+@click.option("--max-regression", type=click.FloatRange(0, 10_000), default=10.0, show_default=True,
+              metavar="PERCENT", help="With --compare: a figure worse by more than this is a regression ...")
+@click.option("--floor-ms", type=click.FloatRange(0, 3_600_000), default=1.0, show_default=True,
+              help="... and by more than this many milliseconds (noise on sub-millisecond figures is not a "
+                   "regression).")
+@click.option("--min-samples", type=click.IntRange(1, None), default=100, show_default=True,
+              help="With --compare: entries with fewer samples in either run are shown but not judged.")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --compare: where the verdict goes as JUnit XML (default: OUT/junit.xml).")
+def report(run: Path | None, compare: tuple[Path, Path] | None, out: Path | None, figure: str,
+           max_regression: float, floor_ms: float, min_samples: int, junit: Path | None) -> None:
+    """Write the report of RUN: a load run's results folder or a simulation's history (or its folder).
+
+    A self-contained HTML page (images embedded; opens from disk) and one PNG per chart. With
+    --compare BASELINE CANDIDATE: two load runs side by side and a verdict.
+
+    Exit codes: 0 written (--compare: no regression), 1 --compare found a regression, 2 usage error or
+    unreadable input, 3 --compare was inconclusive (a run is invalid, or no entry had enough samples).
+    """
+    from . import _report
+
+    _report.report(run, compare, out, figure, max_regression, floor_ms, min_samples, junit)
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Results folder (simulation/, load/, server.log); default: runs/demo-<date-time>.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=None,
+              help="The simulation's seed (default: the demo scenario's).")
+@click.option("--sim-duration", default=None, metavar="D",
+              help="Real time of the simulation, healing included, e.g. 30s, 2m (default: the scenario's, "
+                   "30 s; from 8s to 10m).")
+@click.option("--load-duration", default="20s", show_default=True, metavar="D",
+              help="Run time of the load test, e.g. 20s, 1m (at most 10m).")
+@click.option("--quiet", is_flag=True,
+              help="Print only the closing lines: where the reports are, and the verdicts.")
+def demo(out: Path | None, seed: int | None, sim_duration: str | None, load_duration: str,
+         quiet: bool) -> None:
+    """Start the reference server on loopback, run a short simulation and a short load test against it,
+    write both reports and print where they are. About a minute; everything it starts is stopped.
+
+    Exit codes: 0 all went well, 1 the simulation found violations or the load test failed its SLOs or
+    was invalid (the closing lines say which), 2 usage error or something could not be started,
+    130 interrupted.
+    """
+    import time
+
+    from ._demo import MAX_PHASE_S, MIN_SIM_S, DemoOptions
+    from ._demo import main as run_demo
+    from ._load import LoadUsageError, parse_duration
+
+    def seconds(option: str, text: str, least: int = 1) -> int:
+        try:
+            value = parse_duration(text)
+        except LoadUsageError as error:
+            raise click.UsageError(str(error).replace("--duration", option)) from None
+        if value > MAX_PHASE_S:
+            raise click.UsageError(f"{option} {text!r}: at most 10m (this is a demo, not a soak test)")
+        if value < least:
+            raise click.UsageError(f"{option} {text!r}: at least {least}s (a shorter simulation ends before "
+                                   "its healing phase can answer everyone)")
+        return value
+
+    run_demo(DemoOptions(
+        out=(out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")).resolve(), seed=seed,
+        sim_duration_s=None if sim_duration is None else seconds("--sim-duration", sim_duration, MIN_SIM_S),
+        load_duration_s=seconds("--load-duration", load_duration), quiet=quiet,
+    ))
 
 
 if __name__ == "__main__":  # pragma: no cover

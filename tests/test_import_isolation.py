@@ -61,11 +61,30 @@ def test_load_tests_import_neither_trio_nor_the_server_shell() -> None:
     assert loaded.isdisjoint({"reference_server.server", "reference_server._shell"})
 
 
+def test_reports_read_files_and_import_none_of_the_packages_that_write_them() -> None:
+    """STYLE.md: reports may use files written by the others and matplotlib, nothing of theirs."""
+    code = (
+        "import json, sys\n"
+        "import reports, reports._sim_report, reports._compare, reports._load_report\n"
+        "from reports import _mpl; _mpl.new_figure()\n"
+        "print(json.dumps(sorted(set(sys.modules) | {n.partition('.')[0] for n in sys.modules})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stdout))
+    assert {"reports", "matplotlib"} <= loaded  # positive control: it did import and draw
+    forbidden = {*FRAMEWORKS, "locust", "simulator", "loadtests", "reference_server", "conformance",
+                 "queuechat"}
+    assert loaded.isdisjoint(forbidden), sorted(loaded & forbidden)
+
+
 @pytest.mark.parametrize("module", [
     "reference_server",
     "reference_server.protocol",
     "reference_server.domain",
     "reference_server.server",
+    "reports",
 ])
 def test_public_surface_lists_only_names_that_exist(module: str) -> None:
     """Every name in ``__all__`` is defined in the module, and none is listed twice."""

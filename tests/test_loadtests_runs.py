@@ -4,16 +4,20 @@ reference server or a test server), bounded in time: what they measure, merge, d
 - Against the reference server with two Locust workers: every entry has samples; the master's
   count for each entry is the sum of the workers' and its percentiles are those of the combined
   histogram; an impossible threshold fails the run with exit code 1 and says what was measured;
-  nothing written carries message text or names.
+  nothing written carries message text or names; timeline.csv has a row per interval of the .hlog,
+  the users and connections the run held, and summary.json's meta says what ran and with which seed.
 - A deliberately CPU-bound user makes the run invalid (exit code 3).
 - Measurement truth, against ``loadtests.sink`` made bad on purpose: a server that delays every
   delivery by D gives a median between D and D + 2 ms; a server that stalls for S seconds at rate R
   gives at least R*S/2 corrected samples above S/2 (a closed-model generator would give a handful).
-- ``locust -f loadtests/locustfile.py`` itself, under the web UI with two worker processes.
+- ``locust -f loadtests/locustfile.py`` itself, under the web UI with two worker processes, against a
+  sink that refuses and drops some sends: the timeline's errors and disconnects, merged from both
+  workers, add up to the summary's.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -29,7 +33,15 @@ import pytest
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 from hdrh.log import HistogramLogReader  # type: ignore[import-untyped]
 
-from loadtests._hdr import LATENCY_ENTRIES, MESSAGE_ENTRIES, decode, new_histogram, percentiles
+from loadtests._hdr import (
+    LATENCY_ENTRIES,
+    MESSAGE_ENTRIES,
+    TIMELINE_HEADER,
+    decode,
+    new_histogram,
+    percentiles,
+)
+from loadtests._meta import REFERENCE_SERVER
 from loadtests._settings import PATIENT_NAME, TEXT_MARK
 from queuechat._load import die_with_parent
 
@@ -73,6 +85,32 @@ def sink_server(*args: str) -> Iterator[str]:
         process.wait(timeout=10)
         if process.stdout is not None:
             process.stdout.close()
+
+
+def check_timeline(out: Path, summary: dict[str, Any]) -> list[dict[str, float]]:
+    """timeline.csv: the header, one row per interval from the first to the last (the .hlog's within),
+    and columns that add up to the summary's errors and disconnects. Returns the rows."""
+    lines = (out / "timeline.csv").read_text().splitlines()
+    assert lines[0] == TIMELINE_HEADER
+    names = TIMELINE_HEADER.split(",")
+    rows = [dict(zip(names, map(float, line.split(",")), strict=True)) for line in lines[1:]]
+    interval = summary["run"]["interval_s"]
+    starts = [row["start_epoch_s"] for row in rows]
+    assert len(rows) >= 2
+    assert all(abs(b - a - interval) < 0.0015 for a, b in itertools.pairwise(starts)), starts
+    assert all(row["length_s"] == interval for row in rows[:-1]) and 0 < rows[-1]["length_s"] <= interval
+    hlog_starts = set()
+    base = 0.0
+    for line in (out / "latency.hlog").read_text().splitlines():
+        if line.startswith("#[BaseTime: "):
+            base = float(line.split()[1])
+        elif line.startswith("Tag="):
+            hlog_starts.add(round(base + float(line.split(",")[1]), 3))
+    assert hlog_starts <= {round(start, 3) for start in starts}
+    assert sum(row["errors"] for row in rows) == summary["errors"]["total"]
+    assert sum(row["disconnects"] for row in rows) == summary["disconnects"]["count"]
+    assert "timeline.csv" in summary["files"]
+    return rows
 
 
 # --------------------------------------------------------------------------- reference server, 2 workers
@@ -159,6 +197,34 @@ def test_the_interval_log_and_locusts_csv_hold_the_same_samples(two_worker_run: 
     hgrm = (two_worker_run.out / "patient_to_clinician.hgrm").read_text()
     count = entries["patient_to_clinician"]["count"]
     assert re.search(rf"TotalCount\s+=\s+{count}(\.0+)?\]", hgrm), hgrm[-300:]
+
+
+def test_the_timeline_follows_the_intervals_and_shows_what_every_worker_held(two_worker_run: Run) -> None:
+    rows = check_timeline(two_worker_run.out, two_worker_run.summary)
+    # 4 users over two workers, each a room of a clinician and 2 patients (patients reconnect after calls).
+    assert max(row["users"] for row in rows) == 4
+    assert max(row["connections"] for row in rows) == 12
+
+
+def test_the_summary_says_what_ran_and_the_seed(two_worker_run: Run) -> None:
+    summary = two_worker_run.summary
+    meta = summary["meta"]
+    assert list(meta) == ["queuechat_version", "commit", "dirty", "python", "implementation", "platform",
+                          "cores", "locust_version", "command"]
+    assert "hostname" not in json.dumps(meta)
+    command = meta["command"]
+    seed = command["seed"]
+    assert isinstance(seed, int)
+    assert command == {"users": 4, "spawn_rate": 4.0, "rate_per_user": 20.0, "rate": 80.0, "duration_s": 4,
+                       "workers": 2, "patients_per_room": 2, "text_chars": 64, "interval_s": 1.0,
+                       "slo": str((two_worker_run.out.parent / "impossible.toml").resolve()), "seed": seed,
+                       "server": REFERENCE_SERVER}
+    assert set(summary["run"]) == {"started", "ended", "duration_s", "host", "users", "rate_per_user",
+                                   "patients_per_room", "text_chars", "interval_s", "role", "workers"}
+    workers = [json.loads(path.read_text()) for path in (two_worker_run.out / "workers").glob("*.json")]
+    assert [worker["seed"] for worker in workers] == [seed, seed]  # handed to the workers with the options
+    assert f"; seed {seed}; results in" in two_worker_run.output  # said when it starts
+    assert f"generator process(es), seed {seed}\n" in two_worker_run.output  # and in the summary
 
 
 def test_nothing_written_carries_message_text_or_names(two_worker_run: Run) -> None:
@@ -278,7 +344,7 @@ def test_the_locust_file_runs_under_locusts_web_ui_with_workers(tmp_path: Path) 
     """``locust -f loadtests/locustfile.py`` as Locust users run it: web UI (auto-started, stopped by
     the run time, then quit), two worker processes; the results are written at the stop."""
     out = tmp_path / "out"
-    with sink_server() as url:
+    with sink_server("--error-every", "20", "--drop-every", "45") as url:
         port = _free_port()
         done = subprocess.run(die_with_parent(
             [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", url,
@@ -295,6 +361,12 @@ def test_the_locust_file_runs_under_locusts_web_ui_with_workers(tmp_path: Path) 
         assert summary["entries"][name]["count"] > 0
         assert summary["entries"][name]["count"] == sum(
             worker["final"]["entries"].get(name, {}).get("count", 0) for worker in workers)
+    # The sink refused and dropped some sends: both workers' errors and disconnects, interval by interval.
+    assert summary["errors"]["by_code"].get("rate_limited", 0) > 0 and summary["disconnects"]["count"] > 0
+    rows = check_timeline(out, summary)
+    assert max(row["users"] for row in rows) == 4
+    assert summary["meta"]["command"]["workers"] == 2 and summary["meta"]["command"]["server"] == url
+    assert not any("do not add up" in warning for warning in summary["validity"]["warnings"])
 
 
 def _free_port() -> int:

@@ -1,5 +1,6 @@
 """The load test's parts that need no Locust process: SLO thresholds, HDR recording and merging,
-the interval log, the CPU judgement, JUnit XML, the ``queuechat load`` option checks, import rules.
+the interval log and the timeline, run metadata, the CPU judgement, JUnit XML, the ``queuechat load``
+option checks, seeds, import rules.
 
 Everything here runs in the test process (no gevent is imported: these modules do not need it).
 """
@@ -7,7 +8,9 @@ Everything here runs in the test process (no gevent is imported: these modules d
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -22,7 +25,10 @@ from loadtests._cpu import CpuSampler, assess
 from loadtests._hdr import (
     CHECK_IN,
     CLINICIAN_TO_PATIENT,
+    CONNECTIONS,
     PATIENT_TO_CLINICIAN,
+    TIMELINE_HEADER,
+    USERS,
     Collector,
     Recorder,
     decode,
@@ -32,12 +38,14 @@ from loadtests._hdr import (
     reset,
     summarize,
 )
+from loadtests._meta import environment, git_state
 from loadtests._report import EXIT_INVALID, EXIT_PASS, EXIT_SLO_BREACH, build, format_summary, write
-from loadtests._settings import PATIENT_NAME, TEXT_MARK, Settings
+from loadtests._settings import PATIENT_NAME, TEXT_MARK, Settings, user_random
 from loadtests._slo import EntryResult, SloError, evaluate, junit_xml, load_thresholds, parse_expression
 from queuechat.cli import main as cli_main
 
-SHIPPED_SLO = Path(__file__).resolve().parent.parent / "loadtests" / "slo.toml"
+PROJECT = Path(__file__).resolve().parent.parent
+SHIPPED_SLO = PROJECT / "loadtests" / "slo.toml"
 
 
 class FakeClock:
@@ -240,6 +248,134 @@ def test_a_lost_interval_report_is_noticed() -> None:
     assert collector.merged()[PATIENT_TO_CLINICIAN][0].get_total_count() == 1  # totals come from the final
 
 
+# --------------------------------------------------------------------------- the timeline
+
+
+def _rows(payload: dict[str, object]) -> list[tuple[float, float, int, int, int, int]]:
+    return [(row["start"], row["length"], row["users"], row["connections"], row["errors"], row["disconnects"])
+            for row in payload["timeline"]]  # type: ignore[attr-defined]
+
+
+def test_recorder_timeline_rows_hold_the_gauges_at_the_end_of_each_interval_and_its_counts() -> None:
+    clock = FakeClock(1_000_000.0)
+    recorder = Recorder(interval_s=1.0, clock=clock)
+    clock.now += 0.2
+    recorder.adjust(USERS, 1)
+    recorder.adjust(CONNECTIONS, 3)
+    recorder.error(PATIENT_TO_CLINICIAN, "rate_limited")
+    clock.now += 1.0  # 1_000_001.2
+    recorder.disconnect(1011)
+    recorder.adjust(CONNECTIONS, -1)
+    recorder.error("unattributed", "bad_frame")
+    recorder.error(CLINICIAN_TO_PATIENT, "disconnected")
+    clock.now += 2.0  # 1_000_003.2: nothing happened in 1_000_002 (the merger carries the gauges over it)
+    recorder.adjust(CONNECTIONS, 1)
+    assert _rows(recorder.drain()) == [(1_000_000.0, 1.0, 1, 3, 1, 0), (1_000_001.0, 1.0, 1, 2, 2, 1)]
+    clock.now += 0.5
+    recorder.adjust(USERS, -1)
+    final = recorder.drain(final=True)
+    assert _rows(final) == [(1_000_003.0, 0.7, 0, 3, 0, 0)]  # the last one is partial, as in the .hlog
+    recorder.adjust(USERS, 5)  # closed: nothing more
+    assert recorder.gauges[USERS] == 0
+
+    late = Recorder(interval_s=1.0, clock=clock)  # the final drain comes intervals after the last event
+    late.error(CHECK_IN, "timeout")
+    clock.now += 2.5
+    assert [row[:2] + row[4:] for row in _rows(late.drain(final=True))] == [
+        (1_000_003.0, 1.0, 1, 0), (1_000_006.0, pytest.approx(0.2), 0, 0)]
+
+
+def _timeline_sources() -> Collector:
+    """Three generators: a and b from the start, c from the third interval; b's reports arrive late."""
+    clock = FakeClock(2_000_000.0)
+    a, b = Recorder(clock=clock), Recorder(clock=clock)
+    collector = Collector()
+    a.adjust(USERS, 2)
+    a.adjust(CONNECTIONS, 6)
+    b.adjust(USERS, 1)
+    b.adjust(CONNECTIONS, 3)
+    a.error(PATIENT_TO_CLINICIAN, "rate_limited")
+    clock.now += 1
+    b.error(CLINICIAN_TO_PATIENT, "no_delivery")
+    b.disconnect(None)
+    b.adjust(CONNECTIONS, -1)
+    a.record(PATIENT_TO_CLINICIAN, 1_000, 900)
+    clock.now += 1
+    collector.add_report("a", a.drain())
+    c = Recorder(clock=clock)
+    c.adjust(USERS, 1)
+    clock.now += 2  # nothing in 2_000_003 from anyone
+    b.error("unattributed", "unreadable_frame")
+    clock.now += 0.5
+    for source, recorder in (("a", a), ("b", b), ("c", c)):
+        collector.add_final(source, recorder.drain(final=True))
+    return collector
+
+
+def test_the_timeline_adds_sources_per_interval_and_fills_quiet_intervals_with_the_last_gauges() -> None:
+    collector = _timeline_sources()
+    rows = [(r["start"], r["length"], r["users"], r["connections"], r["errors"], r["disconnects"])
+            for r in collector.timeline()]
+    assert rows == [
+        (2_000_000.0, 1.0, 3, 9, 1, 0),
+        (2_000_001.0, 1.0, 3, 8, 1, 1),
+        (2_000_002.0, 1.0, 4, 8, 0, 0),  # c's first interval; before it, c counts 0
+        (2_000_003.0, 1.0, 4, 8, 0, 0),  # nobody reported: every source's last gauges, no events
+        (2_000_004.0, 0.5, 4, 8, 1, 0),
+    ]
+    assert collector.inconsistent_sources() == []
+
+
+def test_the_timeline_csv_sums_to_the_summarys_errors_and_disconnects(tmp_path: Path) -> None:
+    collector = _timeline_sources()
+    path = tmp_path / "timeline.csv"
+    assert collector.write_timeline(path) == 5
+    text = path.read_text()
+    header = "start_epoch_s,length_s,users,connections,errors,disconnects"
+    assert text.splitlines()[0] == TIMELINE_HEADER == header
+    assert text.splitlines()[1:3] == ["2000000.000,1.000,3,9,1,0", "2000001.000,1.000,3,8,1,1"]
+    assert text.splitlines()[-1] == "2000004.000,0.500,4,8,1,0"
+    summary, results, merged = build(collector, run={"started": 2_000_000.0, "duration_s": 4.5},
+                                     thresholds=[], slo_file=None)
+    rows = [line.split(",") for line in text.splitlines()[1:]]
+    assert sum(int(row[4]) for row in rows) == summary["errors"]["total"] == 3
+    assert sum(int(row[5]) for row in rows) == summary["disconnects"]["count"] == 1
+    write(tmp_path / "out", collector, summary, results, merged)
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert "timeline.csv" in written["files"]
+    assert (tmp_path / "out" / "timeline.csv").read_text() == text
+
+
+def test_the_timeline_covers_every_interval_of_the_interval_log(tmp_path: Path) -> None:
+    collector, _, _ = _run_recorders(seed=11, sources=2)
+    collector.write_hlog(tmp_path / "latency.hlog", start_time_s=2_000_000.0)
+    hlog_starts = set()
+    base = 0.0
+    for line in (tmp_path / "latency.hlog").read_text().splitlines():
+        if line.startswith("#[BaseTime: "):
+            base = float(line.split()[1])
+        elif line.startswith("Tag="):
+            hlog_starts.add(round(base + float(line.split(",")[1]), 3))
+    starts = [row["start"] for row in collector.timeline()]
+    assert starts == [starts[0] + i for i in range(len(starts))]  # every interval, first to last
+    assert hlog_starts <= {round(start, 3) for start in starts}
+    assert starts[0] == min(hlog_starts)
+    assert starts[-1] >= max(hlog_starts)  # to the generators' last (partial) interval, sampled or not
+
+
+def test_a_lost_report_of_errors_is_noticed() -> None:
+    clock = FakeClock()
+    recorder = Recorder(clock=clock)
+    collector = Collector()
+    recorder.disconnect(1006)
+    clock.now += 1
+    recorder.drain()  # never reaches the collector: the timeline misses a disconnect
+    collector.add_final("w", recorder.drain(final=True))
+    assert collector.inconsistent_sources() == ["w"]
+    assert sum(row["disconnects"] for row in collector.timeline()) == 0
+    assert collector.disconnects() == {"1006": 1}  # the summary's totals come from the final
+
+
 # --------------------------------------------------------------------------- verdicts and outputs
 
 
@@ -273,7 +409,7 @@ def test_verdicts_pass_breach_and_invalid(tmp_path: Path) -> None:
     assert build(nothing, run=run, thresholds=[], slo_file=None)[0]["exit_code"] == EXIT_INVALID
     written = write(tmp_path, hot, summary, results, merged)
     names = {path.name for path in written}
-    assert {"summary.json", "junit.xml", "latency.hlog", "patient_to_clinician.hgrm",
+    assert {"summary.json", "junit.xml", "latency.hlog", "timeline.csv", "patient_to_clinician.hgrm",
             "patient_to_clinician.uncorrected.hgrm"} <= names
     hgrm = (tmp_path / "patient_to_clinician.hgrm").read_text()
     assert "#[Mean    =        1.000, StdDeviation   =        0.000]" in hgrm
@@ -361,6 +497,98 @@ def test_a_bad_slo_file_stops_the_command_before_anything_runs(tmp_path: Path) -
     assert code == 2
     assert "cannot read threshold 'p(99) is small'" in output
     assert "cannot connect" not in output  # checked before any connection
+
+
+# --------------------------------------------------------------------------- run metadata and seeds
+
+
+def _git(folder: Path, *args: str) -> str:
+    identity = ["-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    done = subprocess.run(["git", "-C", str(folder), *identity, *args], capture_output=True, text=True,
+                          timeout=30, check=True)
+    return done.stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_git_state_is_the_checkouts_commit_and_whether_tracked_files_changed(tmp_path: Path) -> None:
+    repo = tmp_path / "checkout"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "a.txt").write_text("one\n")
+    _git(repo, "add", "a.txt")
+    _git(repo, "commit", "-q", "-m", "one")
+    head = _git(repo, "rev-parse", "HEAD")
+    assert git_state(repo) == (head, False)
+    (repo / "untracked.txt").write_text("not in git\n")
+    assert git_state(repo) == (head, False)  # untracked files do not make it dirty
+    (repo / "a.txt").write_text("two\n")
+    assert git_state(repo) == (head, True)
+    (repo / "sub").mkdir()
+    assert git_state(repo / "sub") == (None, None)  # inside a checkout is not the checkout's own code
+    (tmp_path / "plain").mkdir()
+    assert git_state(tmp_path / "plain") == (None, None)
+    assert git_state(repo, git=str(tmp_path / "no-such-git")) == (None, None)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _git(empty, "init", "-q")
+    assert git_state(empty) == (None, None)  # no commit yet
+
+
+def test_run_metadata_names_the_code_and_the_machine_but_not_the_host() -> None:
+    import platform
+    import socket
+
+    meta = environment(locust_version="9.9")
+    assert list(meta) == ["queuechat_version", "commit", "dirty", "python", "implementation", "platform",
+                          "cores", "locust_version"]
+    assert meta["python"] == platform.python_version() and meta["cores"] == os.cpu_count()
+    assert meta["locust_version"] == "9.9" and meta["queuechat_version"]
+    if shutil.which("git") is not None and (PROJECT / ".git").exists():
+        assert meta["commit"] == _git(PROJECT, "rev-parse", "HEAD")
+        assert isinstance(meta["dirty"], bool)
+    hostname = socket.gethostname()
+    if len(hostname) >= 4:
+        assert hostname not in json.dumps(meta)
+
+
+def test_the_summary_carries_meta_beside_an_unchanged_run_and_says_the_seed() -> None:
+    run = {"started": 1.0, "duration_s": 2.0, "host": "ws://127.0.0.1:1/v1/ws", "users": 2}
+    meta = {"commit": None, "command": {"seed": 4242, "users": 2}}
+    summary, _, _ = build(_collector_with([1_000] * 5), run=run, thresholds=[], slo_file=None, meta=meta)
+    assert summary["run"] == run and summary["meta"] == meta
+    assert list(summary)[:3] == ["version", "run", "meta"]
+    assert format_summary(summary).splitlines()[0].endswith("generator process(es), seed 4242")
+
+
+def test_a_users_random_stream_comes_from_the_seed_worker_and_user_alone() -> None:
+    first = [user_random(7, 0, 3).random() for _ in range(2)]
+    random.seed(1)
+    again = user_random(7, 0, 3).random()
+    random.seed(2)
+    assert first == [again, user_random(7, 0, 3).random()]
+    others = {user_random(8, 0, 3).random(), user_random(7, 1, 3).random(), user_random(7, 0, 4).random()}
+    assert first[0] not in others and len(others) == 3
+    # The same in another process with another hash seed (a text seed is hashed with SHA-512, not hash()).
+    done = subprocess.run([sys.executable, "-c", "from loadtests._settings import user_random; "
+                           "print(repr(user_random(7, 0, 3).random()))"], capture_output=True, text=True,
+                          timeout=60, check=True, env={**os.environ, "PYTHONHASHSEED": "12345"}, cwd=PROJECT)
+    assert float(done.stdout) == first[0]
+
+
+def test_the_seed_and_the_reference_server_reach_locusts_command_line() -> None:
+    from queuechat._load import LoadOptions, locust_command
+
+    options = LoadOptions(url=None, secret=None, allow_remote=False, users=2, spawn_rate=2.0, rate=10.0,
+                          duration_s=3, workers=0, slo=None, out=Path("x"), seed=99)
+    command = locust_command(options, "ws://127.0.0.1:1/v1/ws")
+    assert command[command.index("--qc-seed") + 1] == "99"
+    assert "--qc-reference-server" in command
+    given = locust_command(LoadOptions(**{**options.__dict__, "url": "ws://127.0.0.1:1/v1/ws", "seed": None}),
+                           "ws://127.0.0.1:1/v1/ws")
+    assert "--qc-seed" not in given and "--qc-reference-server" not in given
+    assert Settings(seed=-1).problems() == ["--qc-seed must not be negative"]
+    code, output = _load("--seed", "-1")
+    assert code == 2 and "--seed" in output
 
 
 # --------------------------------------------------------------------------- import rules

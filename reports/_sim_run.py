@@ -1,0 +1,335 @@
+"""A simulation run's output read into plain numbers: its history (``queuechat-history`` version 1, JSON
+Lines) and, when it lies beside it, its summary.
+
+Only the files are read, never the simulator, so that a report can be drawn from a run folder anywhere.
+The history keeps the lengths of message texts and patient names, not the words; this reader never keeps
+a ``text`` or ``name`` field, and if a history carries strings there anyway (a foreign or hand-edited
+file) it counts them and withholds any message from the summary that quotes one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._errors import ReportError
+from ._sim_history import HistoryFold, QueueSeries, Visit, read_header, records
+
+HISTORY_PATTERN = re.compile(r"^(?P<scenario>.+)-seed(?P<seed>-?\d+)\.jsonl$")
+SUMMARY_SUFFIX = ".summary.json"
+# A withheld string shorter than this is not searched for in messages (it would match everywhere).
+_MIN_WITHHELD = 3
+_SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+_SLUG = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+
+
+@dataclass(frozen=True)
+class Violation:
+    """A rule violation as the simulator's checker reported it (from the summary)."""
+
+    rule: str
+    message: str
+    room: str | None
+    agent: str | None
+    lines: tuple[int, ...]
+    t_ms: float | None  # the time of its last history line
+
+
+@dataclass(frozen=True)
+class MessageTotals:
+    patient_sent: int
+    patient_delivered: int
+    clinician_sent: int
+    clinician_delivered: int
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the run was, on what: from the header and the summary; None where not recorded."""
+
+    scenario: str
+    seed: int
+    mode: str
+    server: str | None
+    jobs: int | None
+    rooms: tuple[str, ...]
+    limits: dict[str, Any] | None
+    duration_ms: float | None
+    heal_ms: float | None
+    epoch_ms: float | None
+    wall_s: float | None
+    description: str | None
+    description_source: str | None
+    commit: str | None
+    python: str | None
+    cores: str | None
+    machine: str | None
+    started: str | None
+
+
+@dataclass(frozen=True)
+class SimRun:
+    """Everything a report shows, as plain numbers."""
+
+    history: Path
+    summary_file: Path | None
+    info: RunInfo
+    complete: bool  # the history ends with its end record
+    last_t_ms: float
+    records: int
+    queue: QueueSeries
+    visits: tuple[Visit, ...]
+    messages: MessageTotals
+    erasures: dict[str, int]
+    departures: dict[str, int]
+    server_closes: dict[str, int]
+    faults: dict[str, int]
+    violations: tuple[Violation, ...] | None  # None: not checked (no summary)
+    patients_served: int
+    withheld_frames: int  # frames that carried a text or name string (never shown)
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def patients(self) -> int:
+        return len(self.visits)
+
+    @property
+    def virtual(self) -> bool:
+        return self.info.mode == "virtual"
+
+    def violations_by_rule(self) -> dict[str, int]:
+        counts = Counter(v.rule for v in self.violations or ())
+        return dict(sorted(counts.items(), key=lambda item: _rule_key(item[0])))
+
+
+def _rule_key(rule: str) -> tuple[int, int, str]:
+    match = re.match(r"^R(\d+)", rule)
+    return (0, int(match.group(1)), rule) if match else (1, 0, rule)
+
+
+# --------------------------------------------------------------------------- finding the files
+
+
+def find_history(source: Path) -> Path:
+    """The history a report is for: ``source`` itself, or the one ``SCENARIO-seedN.jsonl`` in a folder."""
+    if source.is_dir():
+        found = sorted(p for p in source.glob("*.jsonl") if HISTORY_PATTERN.match(p.name))
+        if not found:
+            raise ReportError(f"{source}: no simulation history (SCENARIO-seedN.jsonl) in this folder")
+        if len(found) > 1:
+            names = ", ".join(p.name for p in found)
+            raise ReportError(f"{source}: {len(found)} simulation histories ({names}); "
+                              "give the .jsonl file to report on")
+        return found[0]
+    if not source.exists():
+        raise ReportError(f"{source}: no such file or folder")
+    return source
+
+
+def summary_path(history: Path) -> Path:
+    name = history.name[:-len(".jsonl")] if history.name.endswith(".jsonl") else history.stem
+    return history.with_name(name + SUMMARY_SUFFIX)
+
+
+# --------------------------------------------------------------------------- the header and the summary
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ReportError(f"{path}: cannot read: {error.strerror or error}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ReportError(f"{path}: not JSON (a simulation summary is a JSON object)") from None
+    if not isinstance(data, dict) or not isinstance(data.get("summary"), dict):
+        raise ReportError(f'{path}: not a simulation summary (no "summary" object)')
+    violations = data.get("violations", [])
+    if not isinstance(violations, list):
+        raise ReportError(f'{path}: "violations" is not a list')
+    for index, item in enumerate(violations):
+        ok = (isinstance(item, dict) and isinstance(item.get("rule"), str)
+              and isinstance(item.get("message"), str) and isinstance(item.get("lines"), list)
+              and all(isinstance(n, int) for n in item["lines"]))
+        if not ok:
+            raise ReportError(f'{path}: violation {index + 1} needs "rule", "message" and "lines"')
+    return data
+
+
+def _description(scenario: str) -> tuple[str | None, str | None]:
+    """The scenario's description from this checkout's scenarios folder, when it has that scenario."""
+    if not _SLUG.match(scenario):
+        return None, None
+    path = _SCENARIOS / f"{scenario}.toml"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None, None
+    text = data.get("description")
+    if data.get("name") != scenario or not isinstance(text, str) or not text.strip():
+        return None, None
+    return text.strip(), f"scenarios/{scenario}.toml"
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, dict | list):
+        return None
+    return str(value)
+
+
+def _machine_fact(header: dict[str, Any], summary: dict[str, Any], *keys: str) -> str | None:
+    """A fact about the run's machine or code, wherever a newer simulator may put it: the summary, its
+    ``meta`` object (as ``queuechat simulate`` writes it), or the header."""
+    for source in (summary.get("meta"), summary, summary.get("machine"), header, header.get("machine")):
+        if isinstance(source, dict):
+            for key in keys:
+                value = _text(source.get(key))
+                if value:
+                    return value
+    return None
+
+
+# --------------------------------------------------------------------------- the whole run
+
+
+def load_run(source: Path) -> SimRun:
+    """Read ``source`` (a run folder or its history) and, when present, its summary; ReportError on bad
+    input, naming the file and line."""
+    history = find_history(source)
+    summary_file = summary_path(history)
+    summary_doc = _read_summary(summary_file) if summary_file.is_file() else None
+    raw_violations = summary_doc.get("violations", []) if summary_doc is not None else []
+    wanted = {max(item["lines"]) for item in raw_violations if item["lines"]}
+    reader = HistoryFold(wanted)
+    try:
+        with open(history, "rb") as handle:
+            header = read_header(history, handle)
+            for number, record in records(history, handle):
+                reader.feed(number, record)
+    except OSError as error:
+        raise ReportError(f"{history}: cannot read: {error.strerror or error}") from None
+    return _assemble(history, summary_file if summary_doc is not None else None, header, summary_doc,
+                     raw_violations, reader)
+
+
+def _assemble(history: Path, summary_file: Path | None, header: dict[str, Any],
+              summary_doc: dict[str, Any] | None, raw_violations: list[dict[str, Any]],
+              reader: HistoryFold) -> SimRun:
+    notes: list[str] = []
+    doc = summary_doc or {}
+    counts: dict[str, Any] = doc.get("summary", {}) if summary_doc is not None else {}
+    withheld = {s for s in reader.withheld if len(s) >= _MIN_WITHHELD}
+
+    def safe(value: Any) -> str | None:
+        text = _text(value)
+        if text is None:
+            return None
+        return "(withheld: it quotes text from the history)" if any(s in text for s in withheld) else text
+
+    description, description_source = _description(header["scenario"])
+    info = RunInfo(
+        scenario=header["scenario"], seed=header["seed"], mode=header["mode"],
+        server=safe(header.get("server")),
+        jobs=header.get("jobs") if isinstance(header.get("jobs"), int) else None,
+        rooms=tuple(safe(r) or "" for r in header["rooms"]),
+        limits=header.get("limits"),
+        duration_ms=header.get("duration_ms"), heal_ms=header.get("heal_ms"), epoch_ms=header.get("epoch_ms"),
+        wall_s=doc.get("wall_s") if isinstance(doc.get("wall_s"), int | float) else None,
+        description=description, description_source=description_source,
+        commit=safe(_machine_fact(header, doc, "commit", "git_commit")),
+        python=safe(_machine_fact(header, doc, "python", "python_version")),
+        cores=safe(_machine_fact(header, doc, "cores", "cpu_count")),
+        machine=safe(_machine_fact(header, doc, "platform", "machine", "host")),
+        started=safe(_machine_fact(header, doc, "started", "started_at")),
+    )
+    visits = reader.visits()
+    served = sum(1 for v in visits if v.first_answer_ms is not None)
+    messages = MessageTotals(
+        patient_sent=sum(v.sent for v in visits),
+        patient_delivered=len(reader.patient_acked & reader.console_got),
+        clinician_sent=reader.clinician_sent,
+        clinician_delivered=len(reader.clinician_acked & reader.patient_got),
+    )
+    departures = Counter(reader.departed.values())
+    erasures = dict(reader.erasures)
+    server_closes = dict(reader.server_closes)
+    faults = dict(reader.faults)
+    violations: tuple[Violation, ...] | None = None
+    complete = reader.end_records is not None
+    if summary_doc is None:
+        notes.append(f"No summary file ({summary_path(history).name}) beside the history: the rules were not "
+                     "checked, and every number here was counted from the history.")
+    else:
+        violations = tuple(
+            Violation(str(item["rule"]), safe(item["message"]) or "", safe(item.get("room")),
+                      safe(item.get("agent")), tuple(item["lines"]),
+                      reader.line_t.get(max(item["lines"])) if item["lines"] else None)
+            for item in raw_violations)
+        if doc.get("scenario") not in (None, info.scenario) or doc.get("seed") not in (None, info.seed):
+            notes.append(f"The summary is for {doc.get('scenario')} seed {doc.get('seed')}, not for this "
+                         f"history ({info.scenario} seed {info.seed}); its figures may not belong to it.")
+        if isinstance(counts.get("records"), int) and counts["records"] != reader.records:
+            notes.append(f"The summary counted {counts['records']} records, the history has "
+                         f"{reader.records}: the summary may belong to another run of the same scenario "
+                         "and seed.")
+        erasures = _from_summary("erasures", counts.get("erasures_by_reason"), erasures, notes)
+        departures = Counter(_from_summary("departures", counts.get("departures_by_reason"),
+                                           dict(departures), notes))
+        server_closes = _from_summary("server close codes", counts.get("server_closes_by_code"),
+                                      server_closes, notes)
+        faults = _from_summary("faults", counts.get("faults"), faults, notes)
+        for name, value, mine in (("patients", counts.get("patients"), len(visits)),
+                                  ("patients served", counts.get("patients_served"), served)):
+            if isinstance(value, int) and value != mine:
+                notes.append(f"The summary counts {value} {name}; the history shows {mine}.")
+        messages = _messages_from_summary(counts, messages, notes)
+    if not complete:
+        notes.append("The history has no end record: the run did not finish (or the file was cut short at a "
+                     "line's end). The figures cover what was recorded.")
+    elif reader.end_records is not None and reader.end_records != reader.records:
+        notes.append(f"The end record counts {reader.end_records} records; the history has {reader.records}.")
+    if reader.withheld_frames:
+        notes.append(f"{reader.withheld_frames} frame(s) in this history carry message text or a name as "
+                     "words instead of a length; none of it is shown here.")
+    queue = QueueSeries(tuple(reader.times), tuple(reader.waiting_series), tuple(reader.in_call_series))
+    return SimRun(history=history, summary_file=summary_file, info=info, complete=complete,
+                  last_t_ms=reader.last_t, records=reader.records, queue=queue, visits=tuple(visits),
+                  messages=messages, erasures=erasures, departures=dict(departures),
+                  server_closes=server_closes, faults=faults, violations=violations, patients_served=served,
+                  withheld_frames=reader.withheld_frames, notes=tuple(notes))
+
+
+def _from_summary(what: str, value: Any, counted: dict[str, int], notes: list[str]) -> dict[str, int]:
+    """The summary's counts (the simulator's own figures), with a note where the history shows others."""
+    if not isinstance(value, dict) or not all(isinstance(v, int) for v in value.values()):
+        notes.append(f"The summary has no {what}; they were counted from the history.")
+        return counted
+    theirs = {str(k): int(v) for k, v in value.items()}
+    differ = sorted(k for k in set(theirs) | set(counted) if theirs.get(k, 0) != counted.get(k, 0))
+    if differ:
+        shown = ", ".join(f"{k} {theirs.get(k, 0)} in the summary, {counted.get(k, 0)} in the history"
+                          for k in differ)
+        notes.append(f"The {what} differ between the summary and the history: {shown}.")
+    return theirs
+
+
+def _messages_from_summary(counts: dict[str, Any], counted: MessageTotals, notes: list[str]) -> MessageTotals:
+    p2c: Any = counts.get("messages_patient_to_clinician")
+    c2p: Any = counts.get("messages_clinician_to_patient")
+    try:
+        theirs = MessageTotals(int(p2c["sent"]), int(p2c["delivered"]), int(c2p["sent"]),
+                               int(c2p["delivered"]))
+    except (TypeError, KeyError, ValueError):
+        notes.append("The summary has no message totals; they were counted from the history.")
+        return counted
+    if theirs != counted:
+        notes.append(f"The message totals differ between the summary and the history (the summary says "
+                     f"{theirs.patient_sent}/{theirs.patient_delivered} from patients and "
+                     f"{theirs.clinician_sent}/{theirs.clinician_delivered} from clinicians, sent/delivered; "
+                     f"the history shows {counted.patient_sent}/{counted.patient_delivered} and "
+                     f"{counted.clinician_sent}/{counted.clinician_delivered}).")
+    return theirs
