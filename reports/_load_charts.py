@@ -262,7 +262,7 @@ def users_chart(run: LoadRun) -> Chart:
     figure, axes = new_figure()
     axis = TimeAxis.for_length(max(run.duration_s, run.log.end_s()))
     if run.timeline:
-        times = [row.start_s / axis.divisor for row in run.timeline]
+        times = [max(row.start_s, 0.0) / axis.divisor for row in run.timeline]
         axes.step(
             times,
             [row.connections for row in run.timeline],
@@ -302,7 +302,7 @@ def errors_chart(run: LoadRun) -> Chart:
     figure, axes = new_figure()
     axis = TimeAxis.for_length(max(run.duration_s, run.log.end_s()))
     if run.timeline:
-        times = np.array([row.start_s / axis.divisor for row in run.timeline])
+        times = np.array([max(row.start_s, 0.0) / axis.divisor for row in run.timeline])
         width = (min((row.length_s for row in run.timeline), default=1.0) / axis.divisor) * 0.45
         errors = [row.errors for row in run.timeline]
         disconnects = [row.disconnects for row in run.timeline]

@@ -41,7 +41,21 @@ def time_axis(end_ms: float, virtual: bool) -> TimeAxis:
     kind = "virtual " if virtual else ""
     if end_ms >= 2 * 3_600_000:
         return TimeAxis(3_600_000.0, "h", f"time since the run started ({kind}hours)")
+    if end_ms < 5 * 60_000:
+        return TimeAxis(1_000.0, "s", f"time since the run started ({kind}seconds)")
     return TimeAxis(60_000.0, "min", f"time since the run started ({kind}minutes)")
+
+
+# Bins for counting over time: the first that gives at most 30 bars (name, milliseconds).
+_BINS = (("5 seconds", 5_000.0), ("10 seconds", 10_000.0), ("30 seconds", 30_000.0), ("minute", 60_000.0),
+         ("5 minutes", 300_000.0), ("10 minutes", 600_000.0), ("hour", 3_600_000.0))
+
+
+def count_bin(end_ms: float) -> tuple[str, float]:
+    for name, ms in _BINS:
+        if end_ms / ms <= 30:
+            return name, ms
+    return _BINS[-1]
 
 
 @dataclass(frozen=True)
@@ -173,8 +187,7 @@ def arrivals_chart(checkins_ms: Sequence[float], answers_ms: Sequence[float], en
     import numpy as np
 
     figure, axes = new_figure()
-    bin_ms = 3_600_000.0 if axis.unit == "h" else 600_000.0
-    per = "hour" if axis.unit == "h" else "10 minutes"
+    per, bin_ms = count_bin(end_ms)
     count = max(1, int(np.ceil(end_ms / bin_ms - 0.01)))  # a run ends a moment after its planned length
     edges = np.arange(count + 1) * bin_ms
     last = edges[-1] - 1.0  # what happens in that moment counts in the last bin
