@@ -639,6 +639,7 @@ class Checker:
             self._patient_left(conn, frame, stamp)
         elif kind == "erased" and frame.get("reason") == "refresh":
             patient = str(frame.get("patient"))
+            self.summary.erasures["refresh"] = self.summary.erasures.get("refresh", 0) + 1
             if conn.replaced_by is None and conn.replacing is None:
                 self.violation("R12", "erased{refresh} on a connection that was not replaced", conn)
             elif patient not in conn.present and patient != conn.box_patient:

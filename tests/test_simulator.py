@@ -186,6 +186,23 @@ def test_history_is_versioned_and_carries_ids_sizes_and_times_never_text_or_name
     assert '"text":"' not in raw and '"name":"' not in raw
 
 
+def test_summary_counts_every_erasure_the_clinicians_received_by_reason(tmp_path: Path) -> None:
+    """Erasures in the summary equal the ``erased`` frames on clinician connections, refreshes included
+    (a replaced tab's ``erased{refresh}`` frames were once left out)."""
+    scenario = replace(small(), refresh_per_hour=30.0, refresh_style={"new_tab": 1.0})
+    path = tmp_path / "h.jsonl"
+    result = run_in_process(scenario, path)
+    assert not result.violations, result.violations[:3]
+    _, records = read_history(path)
+    seen: dict[str, int] = {}
+    for _, record in records:
+        frame = record.get("frame")
+        if record["kind"] == "frame" and record["dir"] == "in" and frame and frame.get("type") == "erased":
+            seen[frame["reason"]] = seen.get(frame["reason"], 0) + 1
+    assert seen.get("refresh", 0) > 0  # the run did replace a tab holding conversations
+    assert result.summary.as_dict()["erasures_by_reason"] == dict(sorted(seen.items()))
+
+
 def test_redacted_matches_the_protocol_redaction() -> None:
     from reference_server.protocol import redact
 
