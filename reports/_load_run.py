@@ -18,6 +18,7 @@ from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
 from reports._errors import ReportError
 from reports._hdr import UNCORRECTED_SUFFIX, Interval, IntervalLog, figures, read_interval_log
+from reports._load_shape import check_summary
 
 SUMMARY_FILE = "summary.json"
 HLOG_FILE = "latency.hlog"
@@ -170,6 +171,7 @@ def _read_summary(path: Path) -> dict[str, Any]:
     for key, kind in (("run", dict), ("entries", dict)):
         if not isinstance(data.get(key), kind):
             raise ReportError(f"{path}: '{key}' is missing or not an object")
+    check_summary(data, path)
     return data
 
 

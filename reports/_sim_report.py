@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _sim_charts as charts
+from ._errors import ReportError
 from ._page import Cell, Page, ReportResult, write_page
 from ._sim_run import SimRun, load_run
 
@@ -55,7 +56,11 @@ def write_simulation_report(source: Path, out_dir: Path | None = None) -> Report
     run = load_run(source)
     if out_dir is None:
         out_dir = source / "report" if source.is_dir() else source.parent / f"{source.stem}-report"
-    page = build_page(run)
+    try:
+        page = build_page(run)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as error:
+        source_file = run.summary_file or run.history
+        raise ReportError(f"{source_file}: a field has an unexpected type ({type(error).__name__})") from None
     footer = (f"queuechat simulation report, drawn from {run.history.name}"
               f"{' and ' + run.summary_file.name if run.summary_file else ''}. Message text and patient "
               "names are never shown: the history keeps only their lengths.")

@@ -209,11 +209,20 @@ def load_run(source: Path) -> SimRun:
         with open(history, "rb") as handle:
             header = read_header(history, handle)
             for number, record in records(history, handle):
-                reader.feed(number, record)
+                try:
+                    reader.feed(number, record)
+                except (TypeError, ValueError, AttributeError, KeyError, IndexError) as error:
+                    # A frame whose fields have shapes the server never sends (a hand-edited history).
+                    raise ReportError(f"{history}: line {number}: a frame field has an unexpected type "
+                                      f"({type(error).__name__})") from None
     except OSError as error:
         raise ReportError(f"{history}: cannot read: {error.strerror or error}") from None
-    return _assemble(history, summary_file if summary_doc is not None else None, header, summary_doc,
-                     raw_violations, reader)
+    try:
+        return _assemble(history, summary_file if summary_doc is not None else None, header, summary_doc,
+                         raw_violations, reader)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as error:
+        named = summary_file if summary_doc is not None else history
+        raise ReportError(f"{named}: a field has an unexpected type ({type(error).__name__})") from None
 
 
 def _assemble(history: Path, summary_file: Path | None, header: dict[str, Any],

@@ -181,7 +181,7 @@ def test_the_same_run_gives_the_same_page_byte_for_byte(tmp_path: Path) -> None:
         (lambda run: (run / "summary.json").write_text('{"version": 99}'), "summary version 99"),
         (
             lambda run: (run / "summary.json").write_text('{"version": 1, "run": {}, "entries": {}}'),
-            "'run.started' is missing",
+            "missing required field `started` - at `\\$.run`",
         ),
         (lambda run: (run / "latency.hlog").unlink(), "latency.hlog: not found"),
         (lambda run: (run / "latency.hlog").write_text("#[only a comment]\n"), "holds no interval"),
