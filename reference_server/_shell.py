@@ -97,6 +97,7 @@ class _Connection:
     __slots__ = (
         "close_after",
         "end",
+        "hello_scope",
         "id",
         "max_bytes",
         "max_frames",
@@ -122,6 +123,9 @@ class _Connection:
         self.close_after: tuple[int, str] | None = None
         self.wakeup = trio.lowlevel.ParkingLot()
         self.end: str | None = None  # why the server ended it: dropped, lost, shutdown
+        # The hello timer's scope, until the connection is welcomed: then the timer has nothing
+        # left to do and is cancelled rather than left sleeping out hello_timeout_s.
+        self.hello_scope: trio.CancelScope | None = None
         self.max_frames = limits.max_queued_frames
         self.max_bytes = limits.max_queued_bytes
         # R45: "not answered" needs a question; with pings off, a quiet connection is not lost.
@@ -593,6 +597,7 @@ class QueueChatServer:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer, conn)
                     if self.limits.hello_timeout_s is not None:
+                        conn.hello_scope = trio.CancelScope()
                         nursery.start_soon(self._hello_timer, conn, self.limits.hello_timeout_s)
                     if self.limits.ping_interval_s is not None:
                         nursery.start_soon(self._heartbeat, conn, nursery, self.limits.ping_interval_s)
@@ -639,6 +644,9 @@ class QueueChatServer:
                 conn.push_close(CloseCode.TOO_BIG, f"frame over {max_bytes} bytes")
             else:
                 self._apply(model.receive(conn.id, raw, self._now()), conn)
+                if conn.hello_scope is not None and model.is_welcomed(conn.id):
+                    conn.hello_scope.cancel()
+                    conn.hello_scope = None
             # R13: the frame's text must not wait in this task's locals for the next frame
             # (a refresh may erase that conversation meanwhile).
             del raw
@@ -716,7 +724,13 @@ class QueueChatServer:
                 await conn.wakeup.park()
 
     async def _hello_timer(self, conn: _Connection, timeout_s: float) -> None:
-        await trio.sleep(timeout_s)
+        if conn.hello_scope is None:
+            return  # welcomed before this task started
+        with conn.hello_scope:
+            await trio.sleep(timeout_s)
+        if conn.hello_scope is None:
+            return  # welcomed: cancelled
+        conn.hello_scope = None
         effects = self._model.hello_timed_out(conn.id)
         if effects:  # empty once the connection said hello
             self._counters.hello_timeouts += 1

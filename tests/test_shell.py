@@ -466,6 +466,34 @@ async def test_R45_hello_timeout_closes_a_silent_connection_with_1008(
                              connections_total=2, connections_open=1, lost_connections=0)
 
 
+def hello_timers() -> int:
+    """Tasks running the shell's hello timer, anywhere in this Trio run."""
+    count = 0
+    stack = [trio.lowlevel.current_root_task()]
+    while stack:
+        task = stack.pop()
+        count += task.name.endswith("._hello_timer")
+        stack += [child for nursery in task.child_nurseries for child in nursery.child_tasks]
+    return count
+
+
+async def test_R45_the_hello_timer_ends_when_the_connection_is_welcomed(
+    start_server: StartServer, room: str,
+) -> None:
+    """A connection waiting for its hello has a timer task; once welcomed, the timer is gone at once
+    (it does not sleep out hello_timeout_s), and a silent connection still gets its timeout."""
+    live = await start_server(Limits(hello_timeout_s=3600.0))
+    async with live.connect() as silent:
+        await trio.testing.wait_all_tasks_blocked()
+        assert hello_timers() == 1
+        async with live.clinician(room) as clinician, live.patient(room) as patient:
+            await clinician.barrier()
+            await patient.barrier()
+            await trio.testing.wait_all_tasks_blocked()
+            assert hello_timers() == 1  # only the silent connection's
+        assert silent.ws.closed is None
+
+
 async def test_R45_a_tcp_connection_without_an_http_upgrade_is_closed_after_the_hello_timeout(
     start_server: StartServer,
 ) -> None:
