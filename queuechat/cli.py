@@ -286,7 +286,7 @@ def conformance(url: str | None, secret: str | None, cases: tuple[str, ...], exc
 @click.option("--quiet", is_flag=True, help="Print only the violations.")
 def simulate(scenario: str, seed: int | None, duration: str | None, url: str | None, secret: str | None,
              allow_remote: bool, out: str, progress: bool | None, jobs: int, quiet: bool) -> None:
-    """Run SCENARIO (a name in scenarios/ or a TOML file) and check the history against the rules.
+    """Run SCENARIO (a shipped scenario, one in ./scenarios/, or a TOML file); check its history.
 
     Default: in-process, in virtual time, against the reference server. Exit codes: 0 no violation,
     1 violations found, 2 usage or scenario error.

@@ -24,7 +24,8 @@ HISTORY_PATTERN = re.compile(r"^(?P<scenario>.+)-seed(?P<seed>-?\d+)\.jsonl$")
 SUMMARY_SUFFIX = ".summary.json"
 # A withheld string shorter than this is not searched for in messages (it would match everywhere).
 _MIN_WITHHELD = 3
-_SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+# The simulator's shipped scenarios, installed beside this package (read as files, never imported).
+_SCENARIOS = Path(__file__).resolve().parent.parent / "simulator" / "scenarios"
 _SLUG = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
 
@@ -172,7 +173,7 @@ def _description(scenario: str) -> tuple[str | None, str | None]:
     text = data.get("description")
     if data.get("name") != scenario or not isinstance(text, str) or not text.strip():
         return None, None
-    return text.strip(), f"scenarios/{scenario}.toml"
+    return text.strip(), f"simulator/scenarios/{scenario}.toml"
 
 
 def _text(value: Any) -> str | None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from reference_server.protocol import Limits
 
-SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"  # shipped in the package (wheel too)
 
 
 class ScenarioError(Exception):
@@ -360,7 +360,7 @@ def _limits(table: _Table) -> Limits:
 
 
 def resolve(name_or_path: str) -> Path:
-    """A scenario file: a path, or the name of a file in ``scenarios/`` (cwd's first, then the project's)."""
+    """A scenario file: a path, or a name in ``./scenarios/`` or the shipped ``simulator/scenarios/``."""
     path = Path(name_or_path)
     if path.is_file():
         return path

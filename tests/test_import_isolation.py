@@ -11,6 +11,8 @@ import importlib
 import json
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +98,20 @@ def test_public_surface_lists_only_names_that_exist(module: str) -> None:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     assert duplicates == []
     assert all(isinstance(name, str) and not name.startswith("_") for name in names)
+
+
+def test_the_wheel_ships_every_package_and_the_files_they_read(tmp_path: Path) -> None:
+    """A non-editable install works too: the scenarios (the demo's included), the SLO file and every
+    package are in the wheel."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           str(root), "-w", str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    (wheel,) = tmp_path.glob("queuechat-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {f"simulator/scenarios/{p.name}" for p in (root / "simulator" / "scenarios").glob("*.toml")}
+    assert "simulator/scenarios/demo.toml" in shipped and shipped <= names
+    assert "loadtests/slo.toml" in names and "loadtests/locustfile.py" in names
+    for package in ("reference_server", "queuechat", "loadtests", "conformance", "simulator", "reports"):
+        assert f"{package}/__init__.py" in names, package

@@ -367,7 +367,7 @@ def test_url_mode_against_the_reference_server_on_loopback(tmp_path: Path) -> No
 
 
 def test_scenario_dir_is_the_shipped_one() -> None:
-    assert SCENARIO_DIR == ROOT / "scenarios"
+    assert SCENARIO_DIR == ROOT / "simulator" / "scenarios"
     assert {p.stem for p in SCENARIO_DIR.glob("*.toml")} >= set(SHIPPED)
 
 
