@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from reports import ReportResult
 
 EXIT_OK = 0
 EXIT_REGRESSION = 1
@@ -23,7 +29,8 @@ def _fail(message: str, code: int = EXIT_USAGE) -> None:
 
 
 def run_kind(path: Path) -> str:
-    """ "load" for a ``queuechat load`` results folder, "simulation" for a history or its folder."""
+    """ "load" for a ``queuechat load`` results folder, "simulation" for a history or its folder, "demo"
+    for a ``queuechat demo`` folder (both)."""
     if path.is_file():
         if path.suffix == ".jsonl":
             return "simulation"
@@ -36,8 +43,16 @@ def run_kind(path: Path) -> str:
         return "load"
     if any(path.glob("*.jsonl")):
         return "simulation"
+    if (path / "load" / "summary.json").exists() and any((path / "simulation").glob("*.jsonl")):
+        return "demo"
     _fail(f"{path}: neither a load run (summary.json and latency.hlog) nor a simulation output (*.jsonl)")
     raise AssertionError  # unreachable: _fail exits
+
+
+def _simulation_writer() -> Callable[[Path, Path | None], ReportResult]:
+    from reports import write_simulation_report
+
+    return write_simulation_report
 
 
 def _written(html: Path, charts: int) -> None:
@@ -81,6 +96,11 @@ def report(
         if kind == "load-file":
             run = run.parent
             kind = "load"
+        if kind == "demo":  # a `queuechat demo` folder: both reports, each in its run's report/
+            for part, write in (("simulation", _simulation_writer()), ("load", write_load_report)):
+                written = write(run / part, out / part if out is not None else None)
+                _written(written.html, len(written.pngs))
+            sys.exit(EXIT_OK)
         if kind == "load":
             written = write_load_report(run, out)
         else:

@@ -251,3 +251,16 @@ def test_fast_percentiles_equal_hdrhistograms_own_query() -> None:
             histogram.get_value_at_percentile(p) for p in wanted
         ]
     assert value_at_percentiles(new_histogram(), [50.0]) == [0]
+
+
+def test_a_demo_folder_gets_both_reports(tmp_path: Path) -> None:
+    """`queuechat report` on a `queuechat demo` folder writes the simulation's and the load run's."""
+    demo = tmp_path / "demo"
+    shutil.copytree(DATA / "load-small", demo / "load")
+    shutil.copytree(DATA / "sim-small", demo / "simulation")
+    done = subprocess.run([sys.executable, "-m", "queuechat", "report", str(demo)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    for part in ("simulation", "load"):
+        page = (demo / part / "report" / "report.html").resolve()
+        assert page.is_file() and f"wrote {page}" in done.stdout
