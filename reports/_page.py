@@ -169,6 +169,10 @@ REPORT_FILE = "report.html"
 def write_page(page: Page, out_dir: Path, footer: str = "") -> ReportResult:
     """Write the page and its charts as files; the page does not need the PNGs (they are embedded)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / REPORT_FILE).exists():
+        # A report written here before: its charts go, so none is left over from another run.
+        for old in out_dir.glob("[0-9][0-9]-*.png"):
+            old.unlink()
     pngs = []
     for chart in page.charts:
         path = out_dir / f"{chart.slug}.png"

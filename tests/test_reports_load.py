@@ -264,3 +264,14 @@ def test_a_demo_folder_gets_both_reports(tmp_path: Path) -> None:
     for part in ("simulation", "load"):
         page = (demo / part / "report" / "report.html").resolve()
         assert page.is_file() and f"wrote {page}" in done.stdout
+
+
+def test_a_report_written_over_an_older_one_leaves_no_stale_chart(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    write_load_report(DATA / "load-small", out)
+    assert len(list(out.glob("*.png"))) == 15
+    run = tmp_path / "run"
+    shutil.copytree(DATA / "load-small", run)
+    (run / "timeline.csv").unlink()  # two charts fewer
+    result = write_load_report(run, out)
+    assert sorted(out.glob("*.png")) == sorted(result.pngs) and len(result.pngs) == 13
