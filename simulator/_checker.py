@@ -616,6 +616,9 @@ class Checker:
             conn.expect.clear()
             conn.lenient = "request" if conn.group is not None else "message"
             self._apply(conn, frame, stamp)
+            if frame.get("type") == "message" and frame.get("from") == "patient":
+                # Out of turn, but delivered: counted, or every later check would call it lost.
+                self._note_delivery(conn, frame, stamp)
             return
         kind = frame.get("type")
         if conn.lenient == "message":
@@ -800,6 +803,24 @@ class Checker:
         if len(ids) > 500:
             self.violation("R4", f"open_chat returned {len(ids)} messages (at most 500)", conn)
 
+    def _note_delivery(self, conn: _Console, frame: dict[str, Any], stamp: Stamp) -> int:
+        """Record a patient's message as delivered to this console (order and duplicates checked)."""
+        patient = str(frame.get("patient"))
+        message_id = int(frame.get("id", 0))
+        last = conn.last_id.get(patient, 0)
+        if message_id <= last:
+            self.violation("R1", f"message id {message_id} from {patient} delivered after id {last} "
+                           "(duplicate or out of order)", conn)
+        conn.last_id[patient] = max(last, message_id)
+        conn.seen_ids.setdefault(patient, []).append(message_id)
+        text = frame.get("text")
+        key = (patient, message_id)
+        if key in conn.delivered:
+            self.violation("R1", f"message {message_id} from {patient} delivered twice", conn)
+        conn.delivered[key] = (text if isinstance(text, int) else -1, frame.get("client_ts"),
+                               int(frame.get("ts", 0)), stamp)
+        return message_id
+
     def _patient_message(self, conn: _Console, frame: dict[str, Any], stamp: Stamp) -> None:
         patient = str(frame.get("patient"))
         if frame.get("from") != "patient":
@@ -814,19 +835,7 @@ class Checker:
                 self.violation("R1", f"a message from {patient}, who is not in this console's queue", conn)
             conn.lenient = "message"
             return
-        message_id = int(frame.get("id", 0))
-        last = conn.last_id.get(patient, 0)
-        if message_id <= last:
-            self.violation("R1", f"message id {message_id} from {patient} delivered after id {last} "
-                           "(duplicate or out of order)", conn)
-        conn.last_id[patient] = max(last, message_id)
-        conn.seen_ids.setdefault(patient, []).append(message_id)
-        text = frame.get("text")
-        key = (patient, message_id)
-        if key in conn.delivered:
-            self.violation("R1", f"message {message_id} from {patient} delivered twice", conn)
-        conn.delivered[key] = (text if isinstance(text, int) else -1, frame.get("client_ts"),
-                               int(frame.get("ts", 0)), stamp)
+        message_id = self._note_delivery(conn, frame, stamp)
         expect = conn.expect
         box_state = conn.box_state
         if box_state == "minimized":

@@ -8,6 +8,7 @@ met within one run.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tomllib
@@ -129,3 +130,36 @@ def test_a_run_split_into_processes_reports_the_same_lines_as_check(tmp_path: Pa
     again = check_history(history)
     assert sorted((v.rule, v.message, v.lines) for v in result.violations) == \
         sorted((v.rule, v.message, v.lines) for v in again.violations)
+
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def test_a_message_delivered_out_of_turn_is_still_counted_as_delivered() -> None:
+    """Against a wrong server, a patient's message can arrive where the checker expected another frame:
+    that is one violation, and the message still counts as delivered (no knock-on "never reached")."""
+    (history,) = (DATA / "sim-violations").glob("*.jsonl")
+    result = check_history(history)
+    assert {v.rule for v in result.violations} >= {"R8"}  # the wrong server is still caught
+    assert not [v for v in result.violations if "never reached" in v.message]
+    delivered = result.summary.as_dict()["messages_patient_to_clinician"]
+    assert delivered["delivered"] == delivered["sent"] > 0
+
+
+def test_a_message_missing_from_the_console_is_reported_as_never_delivered(tmp_path: Path) -> None:
+    """Positive control for the above: remove one delivered patient message from a clean history (a
+    patient who later left) and the checker reports it under R1."""
+    (history,) = (DATA / "sim-small").glob("*.jsonl")
+    lines = history.read_text().splitlines()
+    left = {json.loads(line)["frame"]["patient"] for line in lines
+            if '"type":"patient_left"' in line and '"dir":"in"' in line}
+    records = [json.loads(line) for line in lines]
+    index = next(i for i, record in enumerate(records)
+                 if record.get("kind") == "frame" and record["agent"].startswith("c")
+                 and record["frame"].get("type") == "message" and record["frame"].get("from") == "patient"
+                 and record["frame"]["patient"] in left)
+    assert not check_history(history).violations
+    broken = tmp_path / history.name
+    broken.write_text("\n".join(lines[:index] + lines[index + 1:]) + "\n")
+    found = check_history(broken).violations
+    assert any(v.rule == "R1" and "never reached the clinician's console" in v.message for v in found), found
