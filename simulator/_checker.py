@@ -68,6 +68,8 @@ class Request:
     type: str
     frame: dict[str, Any]
     stamp: Stamp
+    # A clinician's send: the highest place in the queue its patient can have (R30), from the console.
+    position_bound: int | None = None
 
 
 class _Conn:
@@ -110,6 +112,7 @@ class _Patient(_Conn):
         "leave_ok",
         "leave_sent",
         "position",
+        "position_at",
         "send_requests",
         "sends",
         "setting",
@@ -130,6 +133,7 @@ class _Patient(_Conn):
         self.wrote = False  # the clinician has written to this patient (R31)
         self.last_id = 0
         self.position = 0
+        self.position_at: dict[int, int] = {}  # clinician message id -> position shown when it arrived
         self.sends: dict[int, _Sent] = {}
         self.got: dict[int, tuple[int, Any, int, Stamp]] = {}  # id -> (length, client_ts, ts, stamp)
         self.answers: list[tuple[Stamp, Stamp, str, bool]] = []  # (request, answer, status, setting)
@@ -169,6 +173,7 @@ class _Console(_Conn):
         "limits",
         "notifications",
         "patient_chat",
+        "position_bounds",
         "present",
         "replaced_by",
         "replacing",
@@ -202,6 +207,7 @@ class _Console(_Conn):
         self.seen_ids: dict[str, list[int]] = {}
         self.delivered: dict[tuple[str, int], tuple[int, Any, int, Stamp]] = {}
         self.sent_ok: dict[tuple[str, int], _Sent] = {}
+        self.position_bounds: dict[tuple[str, int], int] = {}  # (patient, message id) -> R30 bound
         self.left: dict[str, tuple[str, Stamp]] = {}  # patient -> (reason, stamp)
         self.erased_upto: dict[str, int] = {}
         self.erased_departed: set[str] = set()
@@ -470,6 +476,8 @@ class Checker:
                             older.disturbed = stamp[0]
             return
         request = Request(ref if isinstance(ref, str) else None, kind, frame, stamp)
+        if isinstance(conn, _Console) and kind == "send":
+            request.position_bound = self._position_bound(conn, str(frame.get("patient")))
         conn.pending.append(request)
         if isinstance(conn, _Patient):
             if kind == "leave":
@@ -478,6 +486,22 @@ class Checker:
                     conn.departed_by = stamp
             elif kind == "send":
                 conn.send_requests += 1
+
+    @staticmethod
+    def _position_bound(conn: _Console, patient: str) -> int | None:
+        """1 + the waiting patients this console shows ahead of ``patient``: the server's count can only
+        be lower (a departure or call start on its way to the console), never higher (nobody joins
+        ahead). None when the console does not show the patient waiting."""
+        entry = conn.present.get(patient)
+        if entry is None or entry[0] != "waiting" or conn.call == patient:
+            return None
+        ahead = 0
+        for other, (state, _) in conn.present.items():
+            if other == patient:
+                return ahead + 1
+            if state == "waiting" and other != conn.call:
+                ahead += 1
+        return None
 
     def _pop_answer(self, conn: _Conn, frame: dict[str, Any]) -> Request | None:
         if not conn.pending:
@@ -561,6 +585,8 @@ class Checker:
             text = frame.get("text")
             conn.got[message_id] = (text if isinstance(text, int) else -1, frame.get("client_ts"),
                                     int(frame.get("ts", 0)), stamp)
+            if conn.state == "waiting":
+                conn.position_at[message_id] = conn.position
             conn.wrote = True
             if conn.status == "away":
                 self.violation("R30", "a clinician's message arrived while the patient was shown "
@@ -743,6 +769,8 @@ class Checker:
             conn.sent_ok[(patient, message_id)] = _Sent(text if isinstance(text, int) else -1,
                                                         sent.get("client_ts"), int(frame.get("ts", 0)),
                                                         request.stamp, stamp)
+            if request.position_bound is not None:
+                conn.position_bounds[(patient, message_id)] = request.position_bound
             self.summary.clinician_messages += 1
         elif rtype == "open_chat":
             self._check_open_chat(conn, str(sent.get("patient")), frame)
@@ -1114,6 +1142,14 @@ class Checker:
                     got = patient.got.get(message_id)
                     if got is not None:
                         summary.clinician_messages_delivered += 1
+                        bound = console.position_bounds.get((pid, message_id))
+                        shown = patient.position_at.get(message_id)
+                        if bound is not None and shown is not None and shown > bound:
+                            # Every departure or call start ahead of the patient that the console had seen
+                            # when the clinician wrote came before the message on the patient's connection.
+                            self.violation("R30", f"{pid} was shown place {shown} in the queue when message "
+                                           f"{message_id} arrived; the clinician, who wrote it, saw at most "
+                                           f"{bound - 1} waiting ahead", patient, [sent.send[2], got[3][2]])
                         if got[0] != sent.length or got[1] != sent.client_ts or got[2] != sent.ts:
                             self.violation("R1", f"message {message_id} to {pid} arrived changed", patient,
                                            [sent.ok[2], got[3][2]])

@@ -71,6 +71,7 @@ EXPECTED = {
     "call_keeps_provider_online": {"R30"},
     "refresh_keeps_conversations": {"R12"},
     "chat_disabled_ignored": {"R31"},
+    "no_position_push": {"R30"},
 }
 
 
