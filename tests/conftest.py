@@ -7,13 +7,15 @@ Set QUEUECHAT_TEST_VARIANT to the name of a deliberately wrong model in
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+import structlog
 import trio
 from wire import LiveServer
 
+from reference_server._logging import configure_logging
 from reference_server.domain import QueueChatModel
 from reference_server.protocol import Limits
 from reference_server.server import QueueChatServer
@@ -21,6 +23,18 @@ from reference_server.server import QueueChatServer
 TEST_SECRET = "test-secret-not-for-production"
 
 StartServer = Callable[..., Awaitable[LiveServer]]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def server_logs_to_nowhere() -> Iterator[None]:
+    """In-process servers log JSON lines at warning level into nothing: structlog's default (every debug
+    line printed to stdout) would reach the terminal from servers that run in threads, between tests.
+    Tests that read logs configure their own and put this back."""
+    saved = structlog.get_config()
+    with open(os.devnull, "w", encoding="utf-8") as nowhere:
+        configure_logging("warning", stream=nowhere)
+        yield
+    structlog.configure(**saved)
 
 
 def _model_class() -> type[QueueChatModel]:

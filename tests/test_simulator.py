@@ -66,9 +66,10 @@ patient_drop_per_hour = 1
 @pytest.fixture(autouse=True)
 def quiet_server_logs() -> Iterator[None]:
     """The in-process server logs at warning level only, then structlog is put back as it was."""
+    saved = structlog.get_config()
     configure_logging("warning")
     yield
-    structlog.reset_defaults()
+    structlog.configure(**saved)
 
 
 def small(seed: int | None = None) -> Scenario:

@@ -77,9 +77,10 @@ EXPECTED = {
 
 @pytest.fixture(autouse=True)
 def quiet_server_logs() -> Iterator[None]:
+    saved = structlog.get_config()
     configure_logging("error")
     yield
-    structlog.reset_defaults()
+    structlog.configure(**saved)
 
 
 def drill() -> Scenario:

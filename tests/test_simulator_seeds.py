@@ -22,9 +22,10 @@ SEEDS = range(1, 21)
 
 @pytest.fixture(autouse=True)
 def quiet_server_logs() -> Iterator[None]:
+    saved = structlog.get_config()
     configure_logging("error")
     yield
-    structlog.reset_defaults()
+    structlog.configure(**saved)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
