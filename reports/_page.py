@@ -33,6 +33,7 @@ table { border-collapse: collapse; width: 100%; margin: 8px 0 4px; font-size: 0.
 th, td { border-bottom: 1px solid var(--line); padding: 5px 8px; text-align: left; vertical-align: top; }
 th { background: #f4f6f8; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.nowrap { white-space: nowrap; }
 td.pass { color: var(--pass); font-weight: 600; }
 td.fail { color: var(--fail); font-weight: 600; }
 td.warn { color: var(--warn); font-weight: 600; }
@@ -66,7 +67,7 @@ class Chart:
 
 @dataclass(frozen=True)
 class Cell:
-    """A table cell: ``kind`` is "num" (right-aligned), "pass", "fail", "warn" or ""."""
+    """A table cell: ``kind`` is "num" (right-aligned), "nowrap", "pass", "fail", "warn" or ""."""
 
     text: str
     kind: str = ""
