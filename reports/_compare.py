@@ -193,7 +193,8 @@ def _rows(entry: EntryComparison) -> list[list[Cell]]:
         before = entry.baseline.latency.get(figure) if entry.baseline else None
         after = entry.candidate.latency.get(figure) if entry.candidate else None
         change = change_pct(before, after) if before is not None and after is not None else None
-        rows.append([Cell(""), Cell(f"{figure} ms", "nowrap"), Cell(ms(before), "num"), Cell(ms(after), "num"),
+        rows.append([Cell(""), Cell(f"{figure} ms", "nowrap"), Cell(ms(before), "num"),
+                     Cell(ms(after), "num"),
                      Cell(_signed_pct(change) if before is not None and after is not None else "n/a", "num"),
                      Cell("")])
     return rows

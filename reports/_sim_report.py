@@ -67,6 +67,17 @@ def write_simulation_report(source: Path, out_dir: Path | None = None) -> Report
     return write_page(page, Path(out_dir), footer)
 
 
+def _answered_rate(served: int, hours: float, rooms: int) -> tuple[str, str]:
+    """Per hour for runs of an hour or more; for shorter ones the count itself (a rate per hour drawn
+    from a 30-second run would read as a clinic's pace)."""
+    if hours <= 0:
+        return "Patients answered", "n/a"
+    per_room = served / max(1, rooms)
+    if hours < 1:
+        return "Patients answered", f"{served} in {hours * 60:.1f} min ({per_room:.1f} per room)"
+    return "Patients answered per hour", f"{served / hours:.1f} in all, {per_room / hours:.1f} per room"
+
+
 def build_page(run: SimRun) -> Page:
     info = run.info
     span = _run_span(run)
@@ -130,8 +141,7 @@ def _at_a_glance(page: Page, run: SimRun, waits: list[float]) -> None:
         ("Longest wait", _wait(waits[-1] if waits else None)),
         ("Most patients waiting at once", f"{peak} (all rooms), first at {_clock(when)} into the run"
          if peak else "0"),
-        ("Patients answered per hour", f"{served / hours:.1f} in all, "
-         f"{served / hours / max(1, len(run.info.rooms)):.1f} per room" if hours > 0 else "—"),
+        _answered_rate(served, hours, len(run.info.rooms)),
         ("Chat messages", f"{run.messages.patient_sent} from patients, {run.messages.clinician_sent} from "
          "clinicians"),
     ]
