@@ -71,10 +71,10 @@ def _answered_rate(served: int, hours: float, rooms: int) -> tuple[str, str]:
     """Per hour for runs of an hour or more; for shorter ones the count itself (a rate per hour drawn
     from a 30-second run would read as a clinic's pace)."""
     if hours <= 0:
-        return "Patients answered", "n/a"
+        return "Pace", "n/a"
     per_room = served / max(1, rooms)
     if hours < 1:
-        return "Patients answered", f"{served} in {hours * 60:.1f} min ({per_room:.1f} per room)"
+        return "Pace", f"{served} answered in {hours * 60:.1f} min ({per_room:.1f} per room)"
     return "Patients answered per hour", f"{served / hours:.1f} in all, {per_room / hours:.1f} per room"
 
 
