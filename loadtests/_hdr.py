@@ -530,7 +530,6 @@ class Collector:
                 lines += 1
         return lines
 
-
     def write_timeline(self, path: Path) -> int:
         """Write :meth:`timeline` as CSV (``TIMELINE_HEADER``); returns its rows."""
         rows = self.timeline()

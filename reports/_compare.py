@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from reports._errors import ReportError
 from reports._hdr import FIGURE_NAMES, figures
 from reports._load_charts import Curve, TimeAxis, distribution_chart, midpoint, ms
+from reports._load_report import duration_text, when
 from reports._load_run import EntryFigures, LoadRun, entry_label, read_load_run
 from reports._mpl import BASELINE_COLOUR, CANDIDATE_COLOUR, new_figure, no_data, png_bytes
 from reports._page import Cell, Chart, Page, ReportResult, write_page
@@ -230,8 +232,8 @@ def build_comparison_page(comparison: Comparison) -> Page:
         page.chart(
             distribution_chart(
                 [
-                    Curve("baseline", _whole(base, entry.entry), BASELINE_COLOUR),
-                    Curve("candidate", _whole(cand, entry.entry), CANDIDATE_COLOUR),
+                    Curve("baseline", base.log.whole(entry.entry), BASELINE_COLOUR),
+                    Curve("candidate", cand.log.whole(entry.entry), CANDIDATE_COLOUR),
                 ],
                 title=f"{label}: baseline and candidate distributions",
                 chart_title=f"{label}: latency by percentile, both runs",
@@ -256,16 +258,8 @@ def build_comparison_page(comparison: Comparison) -> Page:
     return page
 
 
-def _whole(run: LoadRun, entry: str):  # type: ignore[no-untyped-def]
-    whole = run.whole(entry)
-    assert whole is not None
-    return whole
-
-
 def _run_rows(base: LoadRun, cand: LoadRun) -> list[tuple[str, str, str]]:
-    from reports._load_report import duration_text, when
-
-    def row(label: str, get) -> tuple[str, str, str]:  # type: ignore[no-untyped-def]
+    def row(label: str, get: Callable[[LoadRun], object]) -> tuple[str, str, str]:
         return label, str(get(base)), str(get(cand))
 
     return [

@@ -11,7 +11,7 @@ import binascii
 import math
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -105,12 +105,13 @@ class IntervalLog:
 
     base_epoch_s: float | None
     tags: dict[str, list[Interval]]
+    _wholes: dict[str, HdrHistogram] = field(default_factory=dict, repr=False)
 
     def whole(self, tag: str) -> HdrHistogram:
-        """Every interval of the tag added up: the whole run."""
-        total = new_histogram()
-        for interval in self.tags.get(tag, ()):
-            total.add(interval.histogram)
+        """Every interval of the tag added up: the whole run (added once; callers only read it)."""
+        total = self._wholes.get(tag)
+        if total is None:
+            total = self._wholes[tag] = add_all(interval.histogram for interval in self.tags.get(tag, ()))
         return total
 
     def end_s(self) -> float:

@@ -233,8 +233,9 @@ def _plain(value: Any) -> str:
 
 
 def run_facts(run: LoadRun, settings: dict[str, Any], meta: dict[str, Any]) -> list[tuple[str, str]]:
-    command = meta.get("command") if isinstance(meta.get("command"), dict) else {}
-    assert isinstance(command, dict)
+    command = meta.get("command")
+    if not isinstance(command, dict):
+        command = {}
     rate_per_user = settings.get("rate_per_user")
     users = settings.get("users")
     total_rate = (

@@ -443,7 +443,20 @@ class Agent:
 
     def on_close(self, conn: Conn, code: int, by: str) -> None: ...
 
-    def heal(self) -> None: ...
+    def heal(self) -> None:
+        """The healing phase starts: a stalled or slow connection reads again, at full speed."""
+        conn = self.conn
+        if conn is not None and self.stalled:
+            self.stalled = False
+            conn.action("unstall")
+            conn.resume()
+        if conn is not None and self.slow:
+            self.slow = False
+            if isinstance(conn.transport, MemoryTransport):
+                conn.transport.slow = False
+                conn.transport.take(math.inf)
+            elif isinstance(conn.transport, TcpTransport):
+                conn.transport.set_slow(0.0)
 
     def teardown(self) -> None: ...
 
@@ -585,20 +598,6 @@ class Patient(Agent):
         self.state = "leaving"
         if not conn.send({"type": "leave"}):
             conn.close()
-
-    def heal(self) -> None:
-        conn = self.conn
-        if conn is not None and self.stalled:
-            self.stalled = False
-            conn.action("unstall")
-            conn.resume()
-        if conn is not None and self.slow:
-            self.slow = False
-            if isinstance(conn.transport, MemoryTransport):
-                conn.transport.slow = False
-                conn.transport.take(math.inf)
-            elif isinstance(conn.transport, TcpTransport):
-                conn.transport.set_slow(0.0)
 
     def teardown(self) -> None:
         conn = self.conn
@@ -889,20 +888,6 @@ class Clinician(Agent):
             conn.drop()
             self.after(self.rng.uniform(5.0, 60.0), self._connect)
         self.after(self.rng.expovariate(world.scenario.clinician_drop_per_hour / 3600.0), self._network_drop)
-
-    def heal(self) -> None:
-        conn = self.conn
-        if conn is not None and self.stalled:
-            self.stalled = False
-            conn.action("unstall")
-            conn.resume()
-        if conn is not None and self.slow:
-            self.slow = False
-            if isinstance(conn.transport, MemoryTransport):
-                conn.transport.slow = False
-                conn.transport.take(math.inf)
-            elif isinstance(conn.transport, TcpTransport):
-                conn.transport.set_slow(0.0)
 
     def teardown(self) -> None:
         """The end of the day: wait until every patient has gone, then a ping barrier, then close."""

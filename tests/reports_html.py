@@ -11,11 +11,17 @@ import numpy as np
 
 
 class PageReader(HTMLParser):
-    """Tables by id (rows of cell texts), <img> sources, <title>, and every attribute that is a URL."""
+    """Tables by id (rows of cell texts), label/value facts (<dt>/<dd>), the verdict's text, <img>
+    sources, <title>, and every attribute that is a URL."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.tables: dict[str, list[list[str]]] = {}
+        self.facts: dict[str, str] = {}
+        self.verdict = ""
+        self._dt: str | None = None
+        self._fact: list[str] | None = None
+        self._in_verdict = 0
         self.images: list[str] = []
         self.urls: list[str] = []
         self.scripts = 0
@@ -43,6 +49,10 @@ class PageReader(HTMLParser):
             self._row = []
         elif tag in ("td", "th") and self._row is not None:
             self._cell = []
+        elif tag in ("dt", "dd"):
+            self._fact = []
+        elif tag == "div" and "verdict" in (values.get("class") or ""):
+            self._in_verdict += 1
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "title":
@@ -55,10 +65,20 @@ class PageReader(HTMLParser):
             self._row = None
         elif tag == "table":
             self._table = None
+        elif tag == "dt" and self._fact is not None:
+            self._dt, self._fact = "".join(self._fact).strip(), None
+        elif tag == "dd" and self._fact is not None and self._dt is not None:
+            self.facts[self._dt], self._fact = "".join(self._fact).strip(), None
+        elif tag == "div" and self._in_verdict:
+            self._in_verdict -= 1
 
     def handle_data(self, data: str) -> None:
         if self._cell is not None:
             self._cell.append(data)
+        if self._fact is not None:
+            self._fact.append(data)
+        if self._in_verdict:
+            self.verdict += data
         if self._in_title:
             self.title += data
 

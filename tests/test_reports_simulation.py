@@ -12,7 +12,6 @@ import itertools
 import json
 import re
 import shutil
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from reports._errors import ReportError
 from reports._mpl import HEIGHT_PX, WIDTH_PX
 from reports._page import ReportResult
 from reports._sim_report import write_simulation_report
+from tests.reports_html import PageReader, read_page
 
 DATA = Path(__file__).resolve().parent / "data"
 SMALL = DATA / "sim-small"
@@ -31,62 +31,9 @@ VIOLATIONS = DATA / "sim-violations"
 # --------------------------------------------------------------------------- helpers
 
 
-class _Tables(HTMLParser):
+def parse(result: ReportResult) -> PageReader:
     """The page's tables (by id, rows of cell texts), its label/value facts and its verdict."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tables: dict[str, list[list[str]]] = {}
-        self.facts: dict[str, str] = {}
-        self.verdict = ""
-        self._table: str | None = None
-        self._cell: list[str] | None = None
-        self._row: list[str] = []
-        self._dt: str | None = None
-        self._tag: str | None = None
-        self._in_verdict = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        attributes = dict(attrs)
-        if tag == "table":
-            self._table = attributes.get("id") or f"table{len(self.tables)}"
-            self.tables[self._table] = []
-        elif tag == "tr":
-            self._row = []
-        elif tag in ("td", "th", "dt", "dd"):
-            self._cell = []
-            self._tag = tag
-        elif tag == "div" and "verdict" in (attributes.get("class") or ""):
-            self._in_verdict += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("td", "th") and self._cell is not None:
-            self._row.append("".join(self._cell).strip())
-            self._cell = None
-        elif tag == "tr" and self._table is not None:
-            self.tables[self._table].append(self._row)
-        elif tag == "table":
-            self._table = None
-        elif tag == "dt" and self._cell is not None:
-            self._dt = "".join(self._cell).strip()
-            self._cell = None
-        elif tag == "dd" and self._cell is not None and self._dt is not None:
-            self.facts[self._dt] = "".join(self._cell).strip()
-            self._cell = None
-        elif tag == "div" and self._in_verdict:
-            self._in_verdict -= 1
-
-    def handle_data(self, data: str) -> None:
-        if self._cell is not None:
-            self._cell.append(data)
-        if self._in_verdict:
-            self.verdict += data
-
-
-def parse(result: ReportResult) -> _Tables:
-    parser = _Tables()
-    parser.feed(result.html.read_text(encoding="utf-8"))
-    return parser
+    return read_page(result.html)[0]
 
 
 def body(table: list[list[str]]) -> list[list[str]]:

@@ -8,6 +8,7 @@ from typing import Any
 from .._client import Conn
 from .._context import CaseContext
 from .._expect import (
+    call,
     chat_box,
     erased,
     message,
@@ -15,10 +16,12 @@ from .._expect import (
     ok,
     open_ok,
     patient_left,
+    position,
+    provider_status,
     send_ok,
     unread,
 )
-from .._patterns import ABSENT, Item
+from .._patterns import ABSENT, Item, Unordered
 
 
 async def open_chat(
@@ -130,6 +133,21 @@ async def clinician_writes(
         title=title or f"C writes to {p.label}",
     )
     return text
+
+
+async def start_call_while_b_waits(t: CaseContext, c: Conn, a: Conn, b: Conn) -> None:
+    """C starts a call with A while B waits behind it (R20, R30): A gets call started and provider_status
+    on_call; B gets provider_status on_call and moves to position 1."""
+    await t.request(
+        c,
+        {"type": "start_call", "patient": a.pid},
+        answer=ok(),
+        events={
+            a: [Unordered(call("started"), provider_status("on_call"))],
+            b: [Unordered(provider_status("on_call"), position(1))],
+        },
+        title="C starts a call with A",
+    )
 
 
 async def leave(

@@ -16,7 +16,7 @@ from .._expect import (
 )
 from .._patterns import Unordered, close
 from .._registry import group
-from ._steps import leave, open_chat, patient_writes
+from ._steps import leave, open_chat, patient_writes, start_call_while_b_waits
 
 case = group("calls")
 
@@ -32,16 +32,7 @@ async def start_call(t: CaseContext) -> None:
     on_call; B gets provider_status on_call and position 1."""
     c, a, b = await t.setup("A", "B")
     await open_chat(t, c, b)
-    await t.request(
-        c,
-        {"type": "start_call", "patient": a.pid},
-        answer=ok(),
-        events={
-            a: [Unordered(call("started"), provider_status("on_call"))],
-            b: [Unordered(provider_status("on_call"), position(1))],
-        },
-        title="C starts a call with A",
-    )
+    await start_call_while_b_waits(t, c, a, b)
 
 
 @case(
@@ -52,16 +43,7 @@ async def start_call(t: CaseContext) -> None:
 async def one_call(t: CaseContext) -> None:
     """C starts a call with A, then tries one with B: error{call_in_progress}, and nobody gets anything."""
     c, a, b = await t.setup("A", "B")
-    await t.request(
-        c,
-        {"type": "start_call", "patient": a.pid},
-        answer=ok(),
-        events={
-            a: [Unordered(call("started"), provider_status("on_call"))],
-            b: [Unordered(provider_status("on_call"), position(1))],
-        },
-        title="C starts a call with A",
-    )
+    await start_call_while_b_waits(t, c, a, b)
     await t.request(
         c,
         {"type": "start_call", "patient": b.pid},
@@ -80,16 +62,7 @@ async def end_call(t: CaseContext) -> None:
     """C starts a call with A, then ends it: A gets call ended and a 1000 close; C gets patient_left{A,
     call_ended}, erased{A, not_in_view}, ok; B gets provider_status online."""
     c, a, b = await t.setup("A", "B")
-    await t.request(
-        c,
-        {"type": "start_call", "patient": a.pid},
-        answer=ok(),
-        events={
-            a: [Unordered(call("started"), provider_status("on_call"))],
-            b: [Unordered(provider_status("on_call"), position(1))],
-        },
-        title="C starts a call with A",
-    )
+    await start_call_while_b_waits(t, c, a, b)
     await t.request(
         c,
         {"type": "end_call"},
@@ -175,16 +148,7 @@ async def on_call_on_return(t: CaseContext) -> None:
     call A): A and B get on_call."""
     c, a, b = await t.setup("A", "B")
     room = c.welcome.get("room", "")
-    await t.request(
-        c,
-        {"type": "start_call", "patient": a.pid},
-        answer=ok(),
-        events={
-            a: [Unordered(call("started"), provider_status("on_call"))],
-            b: [Unordered(provider_status("on_call"), position(1))],
-        },
-        title="C starts a call with A",
-    )
+    await start_call_while_b_waits(t, c, a, b)
     await t.close(
         c,
         "C closes its connection during the call",

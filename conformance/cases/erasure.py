@@ -13,7 +13,6 @@ from .._expect import (
     error,
     message,
     ok,
-    position,
     provider_status,
     queue_entry,
     room_settings,
@@ -23,7 +22,15 @@ from .._expect import (
 )
 from .._patterns import Repeat, Unordered, close
 from .._registry import group
-from ._steps import clinician_writes, close_box, leave, minimize, open_chat, patient_writes
+from ._steps import (
+    clinician_writes,
+    close_box,
+    leave,
+    minimize,
+    open_chat,
+    patient_writes,
+    start_call_while_b_waits,
+)
 
 case = group("erasure")
 
@@ -232,16 +239,7 @@ async def refresh_keeps(t: CaseContext) -> None:
         title="C turns chat notifications off",
     )
     await clinician_writes(t, c, b, id=1)
-    await t.request(
-        c,
-        {"type": "start_call", "patient": a.pid},
-        answer=ok(),
-        events={
-            a: [Unordered(call("started"), provider_status("on_call"))],
-            b: [Unordered(provider_status("on_call"), position(1))],
-        },
-        title="C starts a call with A",
-    )
+    await start_call_while_b_waits(t, c, a, b)
     c2 = await t.clinician(
         room,
         "C2",
