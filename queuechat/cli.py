@@ -2,7 +2,8 @@
 so that the load tests' gevent never shares a process with Trio.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error (``queuechat load``: 0 pass,
-1 SLO breach, 2 usage or connection error, 3 invalid run).
+1 SLO breach, 2 usage or connection error, 3 invalid or incomplete run; ``queuechat report --compare``:
+3 also for runs that are not comparable).
 """
 
 from __future__ import annotations
@@ -145,13 +146,81 @@ def serve(host: str, port: int, secret: str | None, stats_interval_s: float | No
 @click.argument("room")
 @click.option("--secret", envvar="QUEUECHAT_SECRET", default=None,
               help="The server's secret (or QUEUECHAT_SECRET); default: the development secret.")
-def token(room: str, secret: str | None) -> None:
-    """Print the clinician token for ROOM."""
+@click.option("--console", "console", is_flag=True,
+              help="Print a link to the server's clinician console for ROOM (the token in the URL fragment, "
+                   "which a browser never sends), not the bare token.")
+@click.option("--url", default=None, metavar="ws://HOST:PORT/v1/ws",
+              help="With --console: the server's WebSocket endpoint (default ws://127.0.0.1:8765/v1/ws).")
+def token(room: str, secret: str | None, console: bool, url: str | None) -> None:
+    """Print the clinician token for ROOM (with --console: a ready console link)."""
     from reference_server.protocol import clinician_token
 
     if not re.fullmatch(ROOM_PATTERN.strip("^$"), room):
         raise click.UsageError(f"room must match {ROOM_PATTERN.strip('^$')}")
-    click.echo(clinician_token(secret if secret is not None else DEVELOPMENT_SECRET, room))
+    if secret is not None and not secret:
+        raise click.UsageError("the secret must not be empty")
+    value = clinician_token(secret if secret is not None else DEVELOPMENT_SECRET, room)
+    if not console:
+        if url is not None:
+            raise click.UsageError("--url goes with --console")
+        click.echo(value)
+        return
+    from ._links import LinkError, console_link
+
+    try:
+        click.echo(console_link(url or "ws://127.0.0.1:8765/v1/ws", room, value))
+    except LinkError as error:
+        raise click.UsageError(f"--url {error}") from None
+
+
+@main.command(context_settings={"show_default": True})
+@click.argument("scenario", default="demo")
+@click.option("--room", default="play", help="The room the patients check into.")
+@click.option("--host", default="127.0.0.1", help="Loopback address to listen on.")
+@click.option("--port", default=8765, type=click.IntRange(0, 65535), help="TCP port; 0 picks a free one.")
+@click.option("--duration", default="30m", help="Stop by itself after this long (at most 8h): 90s, 30m, 1h.")
+@click.option("--pace", default=3.0, type=click.FloatRange(0.1, 100.0),
+              help="Multiplies every patient time of the scenario (arrivals, message intervals, patience, "
+                   "replies): 3 is three times slower than the scenario, for a person at the keyboard.")
+@click.option("--max-patients", default=6, type=click.IntRange(1, 100),
+              help="Patients present at once, at most.")
+@click.option("--seed", default=None, type=click.IntRange(0, 2**63 - 1), show_default=False,
+              help="The patients' random seed (default: the scenario's).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="warning",
+              help="The server's structured logs (JSON lines) on stderr.")
+def play(scenario: str, room: str, host: str, port: int, duration: str, pace: float, max_patients: int,
+         seed: int | None, log_level: str) -> None:
+    """Play the clinician: start the reference server on loopback, print the console link, and let the
+    patients of SCENARIO (a simulator scenario) arrive and write; there is no simulated clinician.
+
+    Runs until Ctrl-C, or --duration (default 30m). Exit codes: 0 stopped, 1 the port cannot be bound,
+    2 usage error.
+    """
+    from simulator import ScenarioError, load_scenario
+
+    from ._play import MAX_DURATION_S, PlayOptions
+    from ._play import play as run_play
+
+    if not re.fullmatch(ROOM_PATTERN.strip("^$"), room):
+        raise click.UsageError(f"--room must match {ROOM_PATTERN.strip('^$')}")
+    if not is_loopback_host(host):
+        raise click.UsageError(f"--host {host!r}: play runs the server with the development secret, on a "
+                               "loopback address only")
+    match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?", duration.strip().lower())
+    if not duration.strip() or match is None or not any(match.groups()):
+        raise click.UsageError(f"--duration {duration!r}: use seconds or a span such as 90s, 30m, 1h")
+    hours, minutes, secs = (int(g) if g else 0 for g in match.groups())
+    duration_s = hours * 3600 + minutes * 60 + secs
+    if not 1 <= duration_s <= MAX_DURATION_S:
+        raise click.UsageError(f"--duration {duration!r}: from 1s to 8h")
+    try:
+        loaded = load_scenario(scenario)
+    except ScenarioError as error:
+        raise click.UsageError(str(error)) from None
+    sys.exit(run_play(PlayOptions(
+        scenario=loaded, room=room, host=host, port=port, duration_s=float(duration_s), pace=pace,
+        max_patients=max_patients, seed=seed if seed is not None else loaded.seed, log_level=log_level,
+    ), echo=lambda line: click.echo(line)))
 
 
 @main.command(context_settings={"show_default": True})
@@ -183,13 +252,17 @@ def token(room: str, secret: str | None) -> None:
 @click.option("--seed", default=None, type=click.IntRange(min=0), show_default=False,
               help="Seed for the users' random start offsets (the same seed, users and workers give the same "
                    "schedule); default: a random one, shown and kept in summary.json.")
+@click.option("--drain", "drain_s", default=3.0, type=click.FloatRange(0, 60), metavar="SECONDS",
+              help="After the send schedule ends, how long late deliveries still count (no new sends); "
+                   "every message missing then is an 'undelivered' error.")
 def load(url: str | None, secret: str | None, allow_remote: bool, users: int, spawn_rate: float | None,
          rate: float, duration: str, workers: int, slo: Path | None, no_slo: bool, out: Path | None,
-         patients: int, text_chars: int, locustfile: Path | None, seed: int | None) -> None:
+         patients: int, text_chars: int, locustfile: Path | None, seed: int | None, drain_s: float) -> None:
     """Load a server with Locust, measure message delivery and request latencies, gate on SLOs.
 
-    Exit codes: 0 pass, 1 SLO breach, 2 usage or connection error, 3 invalid run
-    (a load generator was short of CPU, or nothing could be measured).
+    Exit codes: 0 pass, 1 SLO breach (fail), 2 usage or connection error, 3 invalid run (a load
+    generator was short of CPU or sent under 90 % of its schedule, users stopped before the end,
+    nothing could be measured) or incomplete run (interrupted, or stopped before its run time).
     """
     import time
 
@@ -209,7 +282,7 @@ def load(url: str | None, secret: str | None, allow_remote: bool, users: int, sp
         workers=workers, slo=None if no_slo else (slo or SHIPPED_SLO).resolve(),
         out=(out or Path("runs") / time.strftime("load-%Y%m%d-%H%M%S")).resolve(),
         patients=patients, text_chars=text_chars,
-        locustfile=(locustfile or SHIPPED_LOCUSTFILE).resolve(), seed=seed,
+        locustfile=(locustfile or SHIPPED_LOCUSTFILE).resolve(), seed=seed, drain_s=drain_s,
     )
     sys.exit(run(options, echo=lambda line: click.echo(line)))
 
@@ -330,19 +403,24 @@ _FIGURES = ("p50", "p90", "p99", "p99.9", "max")
               help="With --compare: entries with fewer samples in either run are shown but not judged.")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --compare: where the verdict goes as JUnit XML (default: OUT/junit.xml).")
+@click.option("--force", is_flag=True,
+              help="With --compare: judge runs whose settings differ (server, users, rate, room shape, "
+                   "text size) instead of calling them not comparable.")
 def report(run: Path | None, compare: tuple[Path, Path] | None, out: Path | None, figure: str,
-           max_regression: float, floor_ms: float, min_samples: int, junit: Path | None) -> None:
+           max_regression: float, floor_ms: float, min_samples: int, junit: Path | None,
+           force: bool) -> None:
     """Write the report of RUN: a load run's results folder or a simulation's history (or its folder).
 
     A self-contained HTML page (images embedded; opens from disk) and one PNG per chart. With
     --compare BASELINE CANDIDATE: two load runs side by side and a verdict.
 
     Exit codes: 0 written (--compare: no regression), 1 --compare found a regression, 2 usage error or
-    unreadable input, 3 --compare was inconclusive (a run is invalid, or no entry had enough samples).
+    unreadable input, 3 --compare was inconclusive (a run is invalid or incomplete, or no entry had enough
+    samples) or the runs are not comparable (different settings; --force judges them anyway).
     """
     from . import _report
 
-    _report.report(run, compare, out, figure, max_regression, floor_ms, min_samples, junit)
+    _report.report(run, compare, out, figure, max_regression, floor_ms, min_samples, junit, force)
 
 
 @main.command()

@@ -36,6 +36,7 @@ from ._domain import Close, Effect, QueueChatModel, Send
 from ._frames import WS_PATH, ClinicianWelcome, CloseCode, Erased, Error, ErrorCode, PatientWelcome
 from ._limits import Limits
 from ._logging import get_logger
+from ._pages import serve_page_if_asked
 
 log = get_logger("queuechat.server")
 
@@ -520,6 +521,10 @@ class QueueChatServer:
 
         async def handle_connection(stream: trio.abc.Stream) -> None:
             try:
+                # A browser's plain GET of the console or the patient page (_pages.py); every
+                # other request, the WebSocket endpoint's above all, goes on to trio-websocket.
+                if await serve_page_if_asked(stream, self.limits.hello_timeout_s or 60.0):
+                    return
                 await handle(stream)
             except Exception as error:
                 self._counters.internal_errors += 1
