@@ -311,12 +311,14 @@ def load(url: str | None, secret: str | None, allow_remote: bool, users: int, sp
               help="Longest server timer a case waits for; timer cases needing more are skipped.")
 @click.option("--grace-s", type=click.FloatRange(0.05, 30), default=1.0, show_default=True,
               help="How long a missing frame is waited for after the ping barrier.")
+@click.option("--connect-timeout-s", type=click.FloatRange(0.1, 120), default=5.0, show_default=True,
+              help="How long the preflight waits for the connection, WebSocket handshake and welcome.")
 @click.option("--list", "list_only", is_flag=True, help="List the cases (with --cases/--exclude) and exit.")
 @click.option("--quiet", is_flag=True, help="Print only the summary lines.")
 def conformance(url: str | None, secret: str | None, cases: tuple[str, ...], exclude: tuple[str, ...],
                 known_failures: Path | None, out_dir: Path | None, junit: Path | None, allow_remote: bool,
                 concurrency: int, case_timeout_s: float, max_connections: int, max_wait_s: float,
-                grace_s: float, list_only: bool, quiet: bool) -> None:
+                grace_s: float, connect_timeout_s: float, list_only: bool, quiet: bool) -> None:
     """Check a server against the protocol contract, case by case (docs/conformance.md).
 
     Exit codes: 0 no unexpected failure (known failures allowed), 1 an unexpected failure,
@@ -333,7 +335,8 @@ def conformance(url: str | None, secret: str | None, cases: tuple[str, ...], exc
     _conformance.main(_conformance.ConformanceOptions(
         url=url, secret=secret, cases=cases, exclude=exclude, known_failures=known_failures, out=out_dir,
         junit=junit, allow_remote=allow_remote, concurrency=concurrency, case_timeout_s=case_timeout_s,
-        max_connections=max_connections, max_wait_s=max_wait_s, grace_s=grace_s, quiet=quiet,
+        max_connections=max_connections, max_wait_s=max_wait_s, grace_s=grace_s,
+        connect_timeout_s=connect_timeout_s, quiet=quiet,
     ))
 
 
