@@ -357,19 +357,25 @@ def conformance(url: str | None, secret: str | None, cases: tuple[str, ...], exc
 @click.option("--progress/--no-progress", default=None,
               help="Show a progress bar on stderr (default: when stderr is a terminal).")
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="In-process only: split the rooms among this many processes (the history is the same "
-                   "for the same seed and jobs).")
-@click.option("--quiet", is_flag=True, help="Print only the violations.")
+              help="In-process only: split the rooms among this many processes; a speed setting only (the "
+                   "same history and verdict for every jobs).")
+@click.option("--speed", type=click.FloatRange(1.0, 100_000.0), default=1.0, show_default=True,
+              help="With --url: compress the scenario this many times (every agent's delay divided by it).")
+@click.option("--quiet", is_flag=True, help="Print only the verdict.")
 def simulate(scenario: str, seed: int | None, duration: str | None, url: str | None, secret: str | None,
-             allow_remote: bool, out: str, progress: bool | None, jobs: int, quiet: bool) -> None:
+             allow_remote: bool, out: str, progress: bool | None, jobs: int, speed: float,
+             quiet: bool) -> None:
     """Run SCENARIO (a shipped scenario, one in ./scenarios/, or a TOML file); check its history.
 
+    Shipped scenarios: quiet_morning, busy_clinic_day, flaky_network, refresh_storm, demo.
     Default: in-process, in virtual time, against the reference server. Exit codes: 0 no violation,
-    1 violations found, 2 usage or scenario error.
+    1 violations found, 2 the run could not do what it set out to do (usage or scenario error, wrong
+    secret or path, unreachable server), 3 incomplete (interrupted, the server went away).
     """
     from . import _simulate
 
-    _simulate.simulate(scenario, seed, duration, url, secret, allow_remote, out, progress, quiet, jobs)
+    _simulate.simulate(scenario, seed, duration, url, secret, allow_remote, out, progress, quiet, jobs,
+                       speed)
 
 
 @main.command()
@@ -378,7 +384,8 @@ def simulate(scenario: str, seed: int | None, duration: str | None, url: str | N
 def check(history: str, quiet: bool) -> None:
     """Re-check a saved simulation HISTORY (JSON Lines) against the rules.
 
-    Exit codes: 0 no violation, 1 violations found, 2 the history cannot be read.
+    Exit codes: 0 no violation, 1 violations found, 2 the history cannot be read or is damaged,
+    3 the history is of a run that stopped part-way.
     """
     from . import _simulate
 
