@@ -75,6 +75,10 @@ class _Outcome:
     server_url: str = ""
     sim_history: Path | None = None
     sim_violations: int | None = None
+    # the run's outcome as `queuechat simulate` gives it: "complete", "failed" (could not run: exit code 2
+    # there) or "incomplete" (exit code 3 there), with its reason; never a pass unless "complete"
+    sim_outcome: str | None = None
+    sim_reason: str | None = None
     sim_line: str = ""
     load_code: int | None = None
     load_summary: dict[str, Any] | None = None
@@ -256,6 +260,9 @@ def _simulation(scenario: Any, url: str, sim_dir: Path, outcome: _Outcome, say: 
     summary = result.summary.as_dict()
     outcome.sim_history = history
     outcome.sim_violations = len(result.violations)
+    outcome.sim_outcome = "complete" if result.outcome == "complete" and result.summary.complete else (
+        "failed" if result.outcome == "failed" else "incomplete")
+    outcome.sim_reason = result.reason or (None if result.summary.complete else "the run did not finish")
     p2c, c2p = summary["messages_patient_to_clinician"], summary["messages_clinician_to_patient"]
     outcome.sim_line = (f"{summary['patients']} patients, {p2c['delivered'] + c2p['delivered']} messages "
                         f"delivered")
@@ -341,7 +348,14 @@ def _conclude(options: DemoOptions, outcome: _Outcome, elapsed_s: float, echo: E
             echo(f"  {label + ':':<19}NOT WRITTEN: {reason}")
             failures.append(f"the {label} could not be written")
     violations = outcome.sim_violations
-    if violations is None:
+    reason = f": {outcome.sim_reason}" if outcome.sim_reason else ""
+    if outcome.sim_outcome == "failed":
+        verdict = f"COULD NOT RUN{reason}"
+        failures.append(f"the simulation could not run{reason}")
+    elif outcome.sim_outcome == "incomplete":
+        verdict = f"INCOMPLETE{reason}"
+        failures.append(f"the simulation was incomplete{reason}")
+    elif violations is None:
         verdict = "NOT CHECKED"
     elif violations == 0:
         verdict = "no violations"

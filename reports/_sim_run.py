@@ -240,6 +240,15 @@ def load_run(source: Path) -> SimRun:
         raise ReportError(f"{named}: a field has an unexpected type ({type(error).__name__})") from None
 
 
+def _jobs(doc: dict[str, Any], header: dict[str, Any]) -> int | None:
+    """The number of processes: the summary file says it (the history's header does not: one seed gives
+    the same history for every --jobs); histories written before then had it in the header."""
+    for value in (doc.get("jobs"), header.get("jobs")):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+    return None
+
+
 def _assemble(history: Path, summary_file: Path | None, header: dict[str, Any],
               summary_doc: dict[str, Any] | None, raw_violations: list[dict[str, Any]],
               reader: HistoryFold) -> SimRun:
@@ -258,7 +267,7 @@ def _assemble(history: Path, summary_file: Path | None, header: dict[str, Any],
     info = RunInfo(
         scenario=header["scenario"], seed=header["seed"], mode=header["mode"],
         server=safe(header.get("server")),
-        jobs=header.get("jobs") if isinstance(header.get("jobs"), int) else None,
+        jobs=_jobs(doc, header),
         rooms=tuple(safe(r) or "" for r in header["rooms"]),
         limits=header.get("limits"),
         duration_ms=header.get("duration_ms"), heal_ms=header.get("heal_ms"), epoch_ms=header.get("epoch_ms"),

@@ -743,6 +743,7 @@ class Clinician(Agent):
         self._probed_text = False  # R41: one over-long text per run
         self._probed_rate = False  # R43: one burst past the rate limit per run
         self._probed_input = False  # R40: one request of an unknown type
+        self._probed_empty = False  # R40: one send with an empty text (invalid)
         self._habits = list(world.scenario.habits)
         self._habit_weights = list(itertools.accumulate(world.scenario.habits.values()))
 
@@ -908,6 +909,11 @@ class Clinician(Agent):
             self._probed_input = True
             conn.send({"type": "wave"})  # R40: a type the protocol does not know answers unknown_type
             return
+        if not self._probed_empty and self.present:
+            self._probed_empty = True  # R40: an empty text is a field of the wrong shape (invalid)
+            conn.send({"type": "send", "patient": min(self.present), "text": "",
+                       "client_ts": self.world.client_ts()})
+            return
         rng = self.rng
         waiting = [p for p, seen in self.present.items() if seen.state == "waiting"]
         if self.call is None and waiting and rng.random() < scenario.call_probability:
@@ -923,9 +929,19 @@ class Clinician(Agent):
             conn.send({"type": "open_chat", "patient": erased.pop(0)})  # erased and gone: not_found (R13)
             return
         box = self.box_patient
-        if box is not None and box not in self.present and rng.random() < 0.25:
-            self._write(conn, box, departed=True)  # typing into the box of a patient who has left (R9)
-            return
+        if box is not None and box not in self.present:
+            draw = rng.random()
+            if draw < 0.25:
+                self._write(conn, box, departed=True)  # typing into the box of a patient who has left (R9)
+                return
+            if draw < 0.5 and self.box_state != "closed":
+                conn.send({"type": "close_chat"})  # closing a departed patient's box erases it (R11a)
+                return
+            others = sorted(self.present)
+            if draw < 0.75 and others:
+                # viewing another patient erases the departed patient's conversation (R11b)
+                conn.send({"type": "open_chat", "patient": rng.choice(others)})
+                return
         habit = self._habits[bisect.bisect(self._habit_weights, rng.random() * self._habit_weights[-1])]
         if habit == "reply":
             self._reply(conn)
@@ -993,7 +1009,7 @@ class Clinician(Agent):
         return True
 
     def _burst(self, conn: Conn) -> bool:
-        """R43: once a run, pings past the rate limit's burst at one instant (some ``rate_limited``).
+        """R43: once a run, twice the rate limit's burst in pings at one instant (some ``rate_limited``).
 
         Not when the server would drop the connection for the answers piling up (R42), nor for a
         slow reader."""
@@ -1002,8 +1018,11 @@ class Clinician(Agent):
         queued = self.limits.get("max_queued_frames")
         if not isinstance(burst, int) or isinstance(burst, bool) or not 0 < burst <= 1000 or self.slow:
             return False
-        count = burst + 10
-        if isinstance(queued, int) and queued < 4 * count:
+        # Twice the burst and more, back to back: however the server's clock runs, a limit of
+        # rate_per_s with bursts of rate_burst must refuse some of them unless answering them all takes
+        # longer than (burst + 10) / rate_per_s (the checker's R43 bound, from the answers' times).
+        count = 2 * burst + 10
+        if isinstance(queued, int) and queued < 2 * count:
             return False
         for _ in range(count):
             if not conn.send({"type": "ping"}):

@@ -44,6 +44,7 @@ led to it. Beyond that (docs/simulator.md):
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -103,8 +104,8 @@ class Request:
 
 
 class _Conn:
-    __slots__ = ("agent", "close", "closed_stamp", "end_stamp", "key", "lines", "number", "pending",
-                 "refused", "room")
+    __slots__ = ("agent", "alive", "burst", "close", "closed_stamp", "end_stamp", "key", "lines", "number",
+                 "pending", "refused", "room")
 
     def __init__(self, agent: str, number: int, room: str) -> None:
         self.agent = agent
@@ -117,6 +118,12 @@ class _Conn:
         self.closed_stamp: Stamp | None = None
         self.end_stamp: Stamp | None = None  # the client started to end it (drop, close, refresh, stall)
         self.refused: str | None = None  # the hello's error code, when the server refused it
+        # The latest time the server certainly still served this connection: the hello, or the sending of
+        # the latest request it answered. A server's close (a drop of a slow reader, a lost heartbeat) may
+        # have been decided any time after it: the client sees it only when it reads that far.
+        self.alive: float | None = None
+        # pings sent at one instant (R43's probe): [instant, sent, answered, accepted, last answer's time]
+        self.burst: list[float] | None = None
 
 
 @dataclass(slots=True)
@@ -284,8 +291,24 @@ class _ClinicianAgent:
     def __init__(self) -> None:
         self.consoles: list[_Console] = []
         self.known_departed: set[str] = set()
-        self.seen_max: dict[str, int] = {}  # highest id of each patient seen on an earlier console
-        self.erased_said: dict[str, int] = {}  # ids up to which the server said (erased{...}) it erased
+        # Each with the stamp from which it certainly holds (another connection's request is judged by it
+        # only if that stamp certainly came before the request was sent: a slow answer may have been
+        # decided by the server before a refresh that the client saw first).
+        # The highest id of each patient seen on an earlier console, from the new console's welcome on.
+        self.seen_max: dict[str, list[tuple[Stamp, int]]] = {}
+        # Ids up to which the server said (erased{...}) it erased, from that frame on.
+        self.erased_said: dict[str, list[tuple[Stamp, int]]] = {}
+
+
+def _upto(entries: list[tuple[Stamp, int]] | None, request: Stamp, answer: Stamp) -> int:
+    """The highest value of ``entries`` that certainly held when the server handled a request sent at
+    ``request`` and answered at ``answer``: set before the request was sent, or on the answer's own
+    connection before the answer (one connection's frames come in the order the server decided them)."""
+    best = 0
+    for stamp, value in entries or ():
+        if value > best and (hb(stamp, request) or (stamp[1] == answer[1] and stamp[2] < answer[2])):
+            best = value
+    return best
 
 
 def _number(value: Any) -> float:
@@ -608,7 +631,11 @@ class Checker:
                                f"with {code}, not {want}", conn)
         if isinstance(conn, _Console):
             if conn.disturbed is None:
-                conn.disturbed = stamp[0]
+                # the server's own close (R12's drop: it erases then) may have come long before the client
+                # read it (a slow reader): the refresh happened at some time since the server last certainly
+                # served the connection
+                alive = conn.alive if by == "server" and conn.alive is not None else stamp[0]
+                conn.disturbed = min(stamp[0], alive)
             conn.expect.clear()
             for request in conn.pending:
                 if request.type in ("set_notifications", "set_room"):
@@ -642,6 +669,7 @@ class Checker:
         kind = str(frame.get("type"))
         ref = frame.get("ref")
         if kind == "hello":
+            conn.alive = stamp[0]
             if isinstance(conn, _Console):
                 conn.hello = stamp
                 agent = self._clinicians[conn.agent]
@@ -656,6 +684,11 @@ class Checker:
                             older.disturbed = stamp[0]
             return
         request = Request(ref if isinstance(ref, str) else None, kind, frame, stamp)
+        if kind == "ping":
+            if conn.burst is not None and conn.burst[0] == stamp[0]:
+                conn.burst[1] += 1
+            else:
+                conn.burst = [stamp[0], 1.0, 0.0, 0.0, stamp[0]]
         if isinstance(conn, _Console) and kind == "send":
             request.position_bound = self._position_bound(conn, str(frame.get("patient")))
         conn.pending.append(request)
@@ -683,16 +716,51 @@ class Checker:
                 ahead += 1
         return None
 
-    def _pop_answer(self, conn: _Conn, frame: dict[str, Any]) -> Request | None:
+    def _pop_answer(self, conn: _Conn, frame: dict[str, Any], stamp: Stamp) -> Request | None:
         if not conn.pending:
             self.violation("WIRE", f"an answer with no request waiting: {_describe(frame)}", conn)
             return None
         request = conn.pending.popleft()
+        conn.alive = request.stamp[0] if conn.alive is None else max(conn.alive, request.stamp[0])
+        burst = conn.burst
+        if request.type == "ping" and burst is not None and burst[0] == request.stamp[0]:
+            burst[2] += 1
+            burst[3] += frame.get("type") == "ok"
+            burst[4] = stamp[0]
+            if burst[2] == burst[1]:
+                self._judge_burst(conn, burst)
         if request.ref is not None and frame.get("ref") != request.ref:
             self.violation("WIRE", f"answer {_describe(frame)} does not carry the ref {request.ref!r} of the "
                            f"oldest unanswered request ({request.type}); answers must come in order with "
                            "their ref", conn)
         return request
+
+    def _judge_burst(self, conn: _Conn, burst: list[float]) -> None:
+        """R43: pings sent at one instant, all answered. The server handled them between their sending and
+        the last answer (``T``), so a rate limit of ``rate_per_s`` with bursts of ``rate_burst`` (the
+        welcome's) admits at most ``rate_burst + rate_per_s * T`` of them: more accepted is a limit not kept,
+        whatever the timing. (A burst no larger than that bound proves nothing either way.)"""
+        limits = conn.limits if isinstance(conn, _Console) else None
+        if limits is None:
+            limits = next((c.limits for c in reversed(self._consoles)
+                           if c.room == conn.room and c.limits is not None), None)
+        if not isinstance(limits, dict):
+            return
+        rate, most = limits.get("rate_per_s"), limits.get("rate_burst")
+        if not (isinstance(rate, int | float) and isinstance(most, int | float)):
+            return
+        if isinstance(rate, bool) or isinstance(most, bool) or rate <= 0 or most <= 0:
+            return
+        sent, accepted = int(burst[1]), int(burst[3])
+        elapsed_s = max(0.0, burst[4] - burst[0]) / 1000.0
+        bound = math.floor(float(most) + float(rate) * elapsed_s + 1e-9)
+        if sent <= bound:
+            return
+        self.exercise("R43")
+        if accepted > bound:
+            self.violation("R43", f"{accepted} of {sent} pings sent at one instant were accepted within "
+                           f"{elapsed_s:.3f} s; a limit of {rate} per second with bursts of {most} admits at "
+                           f"most {bound}: some must be rate_limited", conn)
 
     def _hello_refused(self, conn: _Conn, frame: dict[str, Any]) -> None:
         """The server answered the hello with an error: not a violation by itself (a wrong secret, a full
@@ -762,7 +830,7 @@ class Checker:
                 self.violation("R30", f"welcome position {conn.position} is not a place in the queue", conn)
             self._patients_by_id[(conn.room, conn.id)] = conn
         elif kind in ("ok", "error"):
-            request = self._pop_answer(conn, frame)
+            request = self._pop_answer(conn, frame, stamp)
             if request is None:
                 return
             conn.answers.append((request.stamp, stamp, conn.status, conn.setting))
@@ -776,6 +844,17 @@ class Checker:
                 if self._text_check(conn, request, code):
                     if kind == "error":
                         conn.errors += 1
+                    return
+                length = request.frame.get("text")
+                if length == 0 and isinstance(length, int) and not isinstance(length, bool):
+                    self.exercise("R40")
+                    if kind == "ok":
+                        self.violation("R40", "an empty text was accepted (it answers invalid)", conn)
+                    else:
+                        conn.errors += 1
+                        if code not in ("invalid", "rate_limited"):
+                            self.violation("R40", f"an empty text was refused with {code!r}, not invalid",
+                                           conn)
                     return
                 if kind == "ok":
                     self.exercise("R1")
@@ -1028,8 +1107,8 @@ class Checker:
             conn.refresh_seen = True
             self._refresh_erases = True
             patient = str(frame.get("patient"))
-            said = self._clinicians[conn.agent].erased_said
-            said[patient] = max(said.get(patient, 0), conn.last_id.get(patient, 0))
+            self._clinicians[conn.agent].erased_said.setdefault(patient, []).append(
+                (stamp, conn.last_id.get(patient, 0)))
             self.summary.erasures["refresh"] = self.summary.erasures.get("refresh", 0) + 1
             if conn.replaced_by is None and conn.replacing is None:
                 self.violation("R12", "erased{refresh} on a connection that was not replaced", conn)
@@ -1187,6 +1266,12 @@ class Checker:
             return "R6" if conn.box_state == "minimized" else "R8"
         if frame.get("type") == "error" and frame.get("code") == "too_large":
             return "R41"
+        if (spec.get("type") == "chat_box" and spec.get("reason") == "patient_left"
+                and frame.get("type") == "erased" and frame.get("reason") == "not_in_view"
+                and frame.get("patient") == spec.get("patient")):
+            # the server erased the departing patient as not in the box, which (as far as the clinician
+            # was told) showed them: its box had moved without the clinician's doing, unannounced
+            return "R8"
         if spec.get("type") == "chat_box":
             return rule  # the box change that was due is missing
         if frame.get("type") == "notify" and spec.get("type") != "notify":
@@ -1216,8 +1301,8 @@ class Checker:
             reason = str(frame.get("reason"))
             self.summary.erasures[reason] = self.summary.erasures.get(reason, 0) + 1
             conn.erased_upto[patient] = max(conn.erased_upto.get(patient, 0), conn.last_id.get(patient, 0))
-            said = self._clinicians[conn.agent].erased_said
-            said[patient] = max(said.get(patient, 0), conn.last_id.get(patient, 0))
+            self._clinicians[conn.agent].erased_said.setdefault(patient, []).append(
+                (stamp, conn.last_id.get(patient, 0)))
             if patient not in conn.present:
                 conn.erased_departed.add(patient)
         elif kind == "patient_left":
@@ -1237,7 +1322,7 @@ class Checker:
             self._answer(conn, frame, stamp)
 
     def _answer(self, conn: _Console, frame: dict[str, Any], stamp: Stamp) -> None:
-        request = self._pop_answer(conn, frame)
+        request = self._pop_answer(conn, frame, stamp)
         conn.group = None
         conn.lenient = None
         if request is None:
@@ -1279,7 +1364,7 @@ class Checker:
             self.summary.clinician_messages += 1
         elif rtype == "open_chat":
             self.exercise("R4")
-            self._check_open_chat(conn, str(sent.get("patient")), frame)
+            self._check_open_chat(conn, str(sent.get("patient")), frame, request.stamp, stamp)
         elif rtype == "set_notifications":
             self.exercise("R10")
             conn.notifications = bool(sent.get("chat"))
@@ -1299,7 +1384,8 @@ class Checker:
             self.exercise("R20")
             conn.call_windows.append((request.stamp[0], stamp[0], False))
 
-    def _check_open_chat(self, conn: _Console, patient: str, frame: dict[str, Any]) -> None:
+    def _check_open_chat(self, conn: _Console, patient: str, frame: dict[str, Any], sent_at: Stamp,
+                         answered_at: Stamp) -> None:
         messages = frame.get("messages")
         ids: list[int] = []
         if isinstance(messages, dict):  # the history's summary: id ranges
@@ -1324,8 +1410,9 @@ class Checker:
         if any(b <= a for a, b in itertools.pairwise(ids)):
             self.violation("R4", "open_chat's messages are not in id order", conn)
         agent = self._clinicians[conn.agent]
-        by_refresh = agent.seen_max.get(patient, 0)
-        said = max(conn.erased_upto.get(patient, 0), agent.erased_said.get(patient, 0))
+        by_refresh = _upto(agent.seen_max.get(patient), sent_at, answered_at)
+        said = max(conn.erased_upto.get(patient, 0),
+                   _upto(agent.erased_said.get(patient), sent_at, answered_at))
         erased = max(said, by_refresh)
         if said:
             self.exercise("R13")  # the server said it erased them: nothing of them may come back
@@ -1473,6 +1560,9 @@ class Checker:
         if rtype == "send":
             patient = str(sent.get("patient"))
             length = sent.get("text")
+            if length == 0 and isinstance(length, int) and not isinstance(length, bool):
+                mark("R40")  # a field's shape comes before the patient's state (Errors: the order)
+                return error("invalid", "R40", "an empty text is invalid")
             limit = self._limit(conn.room, "max_text_chars", 4096)
             if isinstance(length, int) and limit is not None and length > limit:
                 codes = ("too_large",) if patient in present else ("too_large", "patient_gone", "not_found")
@@ -1558,7 +1648,7 @@ class Checker:
         previous = [c for c in agent.consoles if c is not conn and c.welcome is not None]
         for older in previous:
             for patient, last in older.last_id.items():
-                agent.seen_max[patient] = max(agent.seen_max.get(patient, 0), last)
+                agent.seen_max.setdefault(patient, []).append((stamp, last))
         queue = frame.get("queue") or []
         conn.present = {str(e.get("patient")): [str(e.get("state")), _int(e.get("unread"))]
                         for e in queue if isinstance(e, dict)}

@@ -217,3 +217,24 @@ def test_the_closing_lines_name_each_failure_and_exit_1(tmp_path: Path, violatio
     for name in named:
         assert name in lines[-1]
     assert f"  simulation report: {html}" in lines
+
+
+@pytest.mark.parametrize(("sim_outcome", "named"), [
+    ("failed", "the simulation could not run: unauthorized"),
+    ("incomplete", "the simulation was incomplete: unauthorized"),
+])
+def test_a_simulation_that_could_not_run_or_finish_is_no_pass(tmp_path: Path, sim_outcome: str,
+                                                              named: str) -> None:
+    """No violations counted, but the run could not run (exit 2 for `simulate`) or stopped part-way (3):
+    the closing lines say so and the demo exits 1, never "all went well"."""
+    from queuechat._demo import EXIT_FAILED, DemoOptions, _conclude, _Outcome
+
+    html = tmp_path / "report.html"
+    outcome = _Outcome(sim_violations=0, sim_outcome=sim_outcome, sim_reason="unauthorized",
+                       sim_line="0 patients", load_code=0,
+                       load_summary={"verdict": "pass", "slo": {"results": [{"passed": True}]}},
+                       reports={"simulation": html, "load": html})
+    lines: list[str] = []
+    assert _conclude(DemoOptions(out=tmp_path), outcome, 1.0, lines.append) == EXIT_FAILED
+    assert named in lines[-1]
+    assert not any("all went well" in line or "no violations" in line for line in lines)

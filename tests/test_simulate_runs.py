@@ -25,7 +25,10 @@ import pytest
 import structlog
 from support.processes import second_server
 
+from reference_server._domain import Send
+from reference_server._frames import Unread
 from reference_server._logging import configure_logging
+from reference_server.domain import QueueChatModel
 from simulator import (
     ScenarioError,
     check_history,
@@ -125,6 +128,29 @@ def test_jobs_gives_the_same_violations_at_the_same_lines_as_one_process(tmp_pat
     shown = [(v.rule, v.message, v.lines) for v in one.violations]
     assert [(v.rule, v.message, v.lines) for v in two.violations] == shown
     assert [(v.rule, v.message, v.lines) for v in again.violations] == shown
+
+
+class ZeroesBadgesAfterARefresh(QueueChatModel):
+    """The reference model, plus a freedom the second server takes: after erased{refresh} a replaced
+    console gets unread{0} for every present patient before its 4000 close (notes, not violations)."""
+
+    def _refresh(self, room: Any, old_conn: int | None, out: list[Any]) -> None:
+        super()._refresh(room, old_conn, out)
+        if old_conn is not None:
+            out.extend(Send(old_conn, Unread(patient=p.id, count=0)) for p in room.patients.values())
+
+
+def test_jobs_gives_the_same_summary_with_notes_as_one_process(tmp_path: Path) -> None:
+    """Notes carry history lines too: --jobs 2 gives the summary (notes included, their lines the merged
+    history's) that one process and `check` give."""
+    model = ZeroesBadgesAfterARefresh
+    scenario = small(refresh_per_hour=6.0, refresh_style={"reload": 0.0, "new_tab": 1.0})
+    one = run_in_process(scenario, tmp_path / "one.jsonl", model_class=model)
+    two = run_in_process(scenario, tmp_path / "two.jsonl", model_class=model, jobs=2)
+    again = check_history(tmp_path / "two.jsonl")
+    assert one.summary.as_dict()["notes"], "no note: the test tests nothing"
+    assert one.violations == []
+    assert two.summary.as_dict() == one.summary.as_dict() == again.summary.as_dict()
 
 
 def test_jobs_cli_summary_and_progress(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -421,3 +422,64 @@ def test_public_surface() -> None:
 
     assert all(hasattr(simulator, name) for name in simulator.__all__)
     assert len(set(simulator.__all__)) == len(simulator.__all__)
+
+
+def test_a_server_ping_after_our_close_frame_is_not_an_error() -> None:
+    """trio-websocket#184: a server ping that arrives after the client sent its close frame makes the
+    library answer a pong that wsproto refuses (LocalProtocolError) in a task of the caller's nursery.
+    The simulator's socket transport is its own sans-IO client over wsproto: the pong is refused quietly,
+    nothing more is written, and the close handshake ends as the server's close (the second server pings
+    at jittered, short intervals, so this happens)."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Ping
+    from wsproto.events import Request as Handshake
+
+    from simulator._transport import ClientProtocol
+
+    class Wire:
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def write(self, data: bytes) -> None:
+            self.data += data
+
+        def drop(self) -> None:
+            raise AssertionError("not dropped")
+
+        def take(self) -> bytes:
+            data, self.data = bytes(self.data), bytearray()
+            return data
+
+    class Handler:
+        def __init__(self) -> None:
+            self.opened = False
+            self.closes: list[tuple[int, str]] = []
+
+        def on_open(self) -> None:
+            self.opened = True
+
+        def on_frame(self, frame: dict[str, Any], size: int) -> None:
+            raise AssertionError(f"no frame expected: {frame}")
+
+        def on_close(self, code: int, by: str) -> None:
+            self.closes.append((code, by))
+
+    handler, wire = Handler(), Wire()
+    client = ClientProtocol(handler)
+    server = WSConnection(ConnectionType.SERVER)
+    client.start(wire, "127.0.0.1", "/v1/ws")
+    server.receive_data(wire.take())
+    assert any(isinstance(event, Handshake) for event in server.events())
+    client.receive_data(server.send(AcceptConnection()))
+    assert handler.opened
+    ping = server.send(Ping(payload=b"beat"))  # on its way when the client starts to close
+    client.close(1000)
+    close_frame = wire.take()
+    client.receive_data(ping)  # the pong is refused by wsproto: contained, nothing written
+    assert wire.take() == b""
+    assert handler.closes == []
+    server.receive_data(close_frame)
+    closing = [event for event in server.events() if isinstance(event, CloseConnection)]
+    assert closing and closing[0].code == 1000
+    client.receive_data(server.send(closing[0].response()))
+    assert handler.closes == [(1000, "server")]

@@ -72,6 +72,8 @@ EXPECTED = {
     "refresh_keeps_conversations": {"R12"},
     "chat_disabled_ignored": {"R31"},
     "no_position_push": {"R30"},
+    # the clinicians' one burst (twice rate_burst, at one instant) must meet some rate_limited
+    "rate_limit_ignored": {"R43"},
 }
 
 
@@ -145,7 +147,9 @@ def test_a_message_delivered_out_of_turn_is_still_counted_as_delivered() -> None
     assert {v.rule for v in result.violations} >= {"R8"}  # the wrong server is still caught
     assert not [v for v in result.violations if "never reached" in v.message]
     delivered = result.summary.as_dict()["messages_patient_to_clinician"]
-    assert delivered["delivered"] == delivered["sent"] > 0
+    # every message that had a console to go to: one (id 12 of the patient at line 2012) was sent while the
+    # clinician's page reloaded, and was read with open_chat after it, not pushed
+    assert delivered["delivered"] == delivered["sent"] - 1 > 0
 
 
 def test_a_message_missing_from_the_console_is_reported_as_never_delivered(tmp_path: Path) -> None:
