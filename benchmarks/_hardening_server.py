@@ -30,6 +30,7 @@ The control channel takes one JSON object per line and answers one per line:
   ``--tracemalloc``): where the Python heap is, by source line (sizes only);
 - ``{"cmd": "gc_pauses"}``: the garbage collector's stop-the-world pauses
   since the last ask, by generation (count, total, longest);
+- ``{"cmd": "gc_state"}``: tracked objects per generation, frozen, counters, thresholds.
 - ``{"cmd": "gc_freeze"}``: a diagnostic for the capacity run: collect, then
   move every object to the permanent generation (``gc.freeze()``), so that
   the following full collections no longer walk them;
@@ -178,13 +179,15 @@ def search_heap(prefix: str, hashes: set[str], trace: bool = False) -> dict[str,
 
 
 class GcPauses:
-    """Stop-the-world collections, by generation: how many, total and longest (gc.callbacks)."""
+    """Stop-the-world collections, by generation: how many, total, longest and every pause (gc.callbacks)."""
 
     def __init__(self) -> None:
         self.started = 0.0
         self.count = [0, 0, 0]
         self.total_s = [0.0, 0.0, 0.0]
         self.max_s = [0.0, 0.0, 0.0]
+        self.pauses_s: list[float] = []  # every pause since the last take, any generation
+        self.collected = [0, 0, 0]
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -195,13 +198,35 @@ class GcPauses:
         self.count[generation] += 1
         self.total_s[generation] += took
         self.max_s[generation] = max(self.max_s[generation], took)
+        self.collected[generation] += int(info.get("collected", 0))
+        if len(self.pauses_s) < 1_000_000:
+            self.pauses_s.append(took)
 
     def take(self) -> dict[str, Any]:
-        """The figures since the last take."""
+        """The figures since the last take: per generation, and the distribution of all pauses."""
+        pauses = sorted(self.pauses_s)
+
+        def pct(p: float) -> float | None:
+            if not pauses:
+                return None
+            return round(pauses[min(len(pauses) - 1, int(p / 100 * len(pauses)))] * 1000, 2)
+
         out = {"count": self.count, "total_ms": [round(t * 1000, 1) for t in self.total_s],
-               "max_ms": [round(t * 1000, 1) for t in self.max_s]}
+               "max_ms": [round(t * 1000, 1) for t in self.max_s], "collected": self.collected,
+               "pause_p50_ms": pct(50), "pause_p99_ms": pct(99),
+               "pause_max_ms": round(pauses[-1] * 1000, 2) if pauses else None,
+               "pauses_over_10ms": sum(1 for t in pauses if t > 0.010),
+               "pauses_over_50ms": sum(1 for t in pauses if t > 0.050)}
         self.count, self.total_s, self.max_s = [0, 0, 0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+        self.pauses_s, self.collected = [], [0, 0, 0]
         return out
+
+
+def gc_state() -> dict[str, Any]:
+    """The collector's own state: tracked objects per generation (and frozen), counters, thresholds."""
+    return {"objects_per_generation": [len(gc.get_objects(g)) for g in range(3)],
+            "frozen": gc.get_freeze_count(), "counts": list(gc.get_count()),
+            "thresholds": list(gc.get_threshold()), "enabled": gc.isenabled()}
 
 
 gc_pauses = GcPauses()
@@ -217,6 +242,8 @@ def main() -> None:
     parser.add_argument("--limits", default="{}", help="Limits fields as a JSON object (null = off)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--tracemalloc", action="store_true", help="trace Python allocations (slower)")
+    parser.add_argument("--no-gc-policy", action="store_true",
+                        help="run without the server's GC policy (gc.freeze after handshakes), as before it")
     parser.add_argument("--nofile", type=int, default=0, help="raise RLIMIT_NOFILE to this (soft)")
     args = parser.parse_args()
     sys.addaudithook(_audit)
@@ -240,7 +267,7 @@ def main() -> None:
     configure_logging(args.log_level)
     limits = Limits(**json.loads(args.limits))
     server = QueueChatServer(secret=os.environ.get("QUEUECHAT_SECRET", DEVELOPMENT_SECRET), limits=limits,
-                             stats_interval_s=None)
+                             stats_interval_s=None, gc_freeze=not args.no_gc_policy)
 
     def stats(heavy: bool = True) -> dict[str, Any]:
         s = server.statistics()
@@ -297,6 +324,8 @@ def main() -> None:
                         answer = {"frozen": gc.get_freeze_count()}
                     elif command == "gc_pauses":
                         answer = gc_pauses.take()
+                    elif command == "gc_state":
+                        answer = gc_state()
                     elif command == "written":
                         answer = {"paths": sorted(set(_written))}
                     elif command == "shutdown":
