@@ -115,7 +115,6 @@ class _Connection:
         "last_seen",
         "max_bytes",
         "max_frames",
-        "nursery",
         "ping_in_flight",
         "position",
         "queue",
@@ -131,7 +130,6 @@ class _Connection:
         self.ws = ws
         self.server = server
         self.scope = trio.CancelScope()
-        self.nursery: trio.Nursery | None = None  # for a writer task, when one is needed
         self.queue: deque[bytes] = deque()
         self.queued_bytes = 0
         self.control = b""  # a framed ping waiting to go before the next frames
@@ -193,11 +191,13 @@ class _Connection:
         self.control = b""
 
     def start_writer(self) -> None:
-        if not self.writing and self.nursery is not None and self.end is None:
+        nursery = self.server._nursery
+        if not self.writing and nursery is not None and self.end is None:
+            # In the server's nursery: a writer ends with its connection (the stream is closed
+            # under it) or with the server.
             try:
-                self.nursery.start_soon(self.server._writer, self)
-            except RuntimeError:  # the connection's task is ending ("closed to new arrivals")
-                self.nursery = None
+                nursery.start_soon(self.server._writer, self)
+            except RuntimeError:  # the server is past its end ("closed to new arrivals")
                 return
             self.writing = True
 
@@ -258,6 +258,7 @@ class QueueChatServer:
         self._positions: deque[_Connection] = deque()
         self._flush_lot = trio.lowlevel.ParkingLot()
         self._pings = itertools.count(1)
+        self._nursery: trio.Nursery | None = None  # while serving: connections' tasks and writers
 
     # ------------------------------------------------------------------ public
 
@@ -307,6 +308,7 @@ class QueueChatServer:
         self._gc.start(freeze=self._gc_freeze)
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 handler = self._contained(self._handle_connection)
                 await nursery.start(functools.partial(
                     trio.serve_listeners, handler, listeners, handler_nursery=nursery))
@@ -320,6 +322,7 @@ class QueueChatServer:
                 await self._stopped.wait()
                 nursery.cancel_scope.cancel()
         finally:
+            self._nursery = None
             self._gc.stop()
         log.info("server.stopped", **_stats_fields(self.statistics()))
 
@@ -379,13 +382,13 @@ class QueueChatServer:
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         """One TCP connection's only task: the HTTP handshake, then the connection's frames."""
         ws = ServerWebSocket(stream, max_message_size=self.limits.max_frame_bytes)
-        request = None
         try:
             # A peer that never sends its HTTP request is closed after the hello timeout.
+            arrived = False
             with trio.move_on_after(self.limits.hello_timeout_s or 60.0):
-                request = await ws.read_request()
-            if request is not None:
-                await self._handle_request(request)
+                arrived = await ws.read_request()
+            if arrived:
+                await self._handle_request(ws.take_request())
         finally:
             if ws.closed is None and ws.is_open():
                 with trio.move_on_after(self._close_timeout_s):
@@ -401,6 +404,7 @@ class QueueChatServer:
                 return
             ws = await request.accept()  # type: ignore[assignment]  # the ServerWebSocket itself
             assert isinstance(ws, ServerWebSocket)
+            del request  # not needed after the handshake (an object fewer per connection)
             if self._stopping:
                 with trio.move_on_after(self._close_timeout_s):
                     await ws.aclose(CloseCode.GOING_AWAY, "server shutting down")
@@ -419,24 +423,18 @@ class QueueChatServer:
 
     async def _serve_connection(self, ws: ServerWebSocket) -> None:
         conn = _Connection(next(self._ids), ws, self.limits, self)
-        remote = ws.remote
+        self._connections[conn.id] = conn
         try:
             with conn.scope:
-                async with trio.open_nursery() as nursery:
-                    conn.nursery = nursery
-                    self._connections[conn.id] = conn
-                    self._counters.connections_total += 1
-                    conn.epoch = self._gc.opened()
-                    self._model.connect(conn.id, self._now())
-                    log.debug("connection.opened", conn=conn.id, peer=str(remote))
-                    self._start_timers(conn)
-                    ws.on_message = conn.message
-                    ws.on_pong = conn.pong
-                    await ws.read_frames()
-                    conn.nursery = None
-                    nursery.cancel_scope.cancel()
+                self._counters.connections_total += 1
+                conn.epoch = self._gc.opened()
+                self._model.connect(conn.id, self._now())
+                log.debug("connection.opened", conn=conn.id, peer=str(ws.remote))
+                self._start_timers(conn)
+                ws.on_message = conn.message
+                ws.on_pong = conn.pong
+                await ws.read_frames()
         finally:
-            conn.nursery = None  # closed to new tasks: no writer can start any more
             ws.on_message = ws.on_pong = _nothing
             if self._connections.pop(conn.id, None) is not None:
                 self._gc.closed(conn.epoch)

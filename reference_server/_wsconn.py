@@ -50,6 +50,9 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     ("trio_websocket.WebSocketConnection", "_receive_buffer_size", "attr"),
     ("trio_websocket.WebSocketConnection", "_connection_proposal", "attr"),
     ("trio_websocket.WebSocketConnection", "_recv_channel", "attr"),
+    ("trio_websocket.WebSocketConnection", "_send_channel", "attr"),
+    ("trio_websocket.WebSocketConnection", "_open_handshake", "attr"),
+    ("trio_websocket.WebSocketConnection", "_for_testing_peer_closed_connection", "attr"),
     ("trio_websocket.WebSocketConnection", "_send", "method"),
     ("trio_websocket.WebSocketConnection", "_abort_web_socket", "method"),
     ("trio_websocket.WebSocketConnection", "_close_stream", "method"),
@@ -141,6 +144,14 @@ class _TailFirstLock:
 
 _LINGER_S = 1.0
 
+# Stand-ins for per-connection objects of the library that a server connection no longer needs
+# once it is open (see ServerWebSocket.read_frames): shared, already set / closed.
+_DONE = trio.Event()
+_DONE.set()
+_CLOSED_SEND, _CLOSED_RECEIVE = trio.open_memory_channel[Any](0)
+_CLOSED_SEND.close()
+_CLOSED_RECEIVE.close()
+
 
 def _ignore(_: Any = None) -> None:
     """The sink before the shell sets its own (no message can arrive before the handshake)."""
@@ -165,22 +176,38 @@ class ServerWebSocket(WebSocketConnection):
 
     # ------------------------------------------------------------------ reading
 
-    async def read_request(self) -> WebSocketRequest | None:
-        """Read until the HTTP upgrade request has arrived; None if the connection ended first."""
+    async def read_request(self) -> bool:
+        """Read until the HTTP upgrade request has arrived (True; see :meth:`take_request`); False if
+        the connection ended first."""
         await self._read(until_request=True)
-        return self.request
+        return self.request is not None
+
+    def take_request(self) -> WebSocketRequest:
+        """The request, held by the caller only (this connection forgets it)."""
+        request, self.request = self.request, None
+        assert request is not None
+        return request
 
     async def read_frames(self) -> None:
         """Read and dispatch frames until the connection ends (closed, lost, or a protocol error)."""
         if self._wsproto.state is ConnectionState.OPEN:
-            # The handshake's HTTP machinery is not needed any more: keep only the frame protocol.
-            connection = self._wsproto.connection
-            if connection is not None:
-                self._wsproto = connection  # type: ignore[assignment]  # same interface, after the handshake
+            self._forget_handshake()
         await self._read(until_request=False)
+
+    def _forget_handshake(self) -> None:
+        """Drop what only the handshake needed (fewer objects per connection for the collector):
+        the HTTP machinery (only the frame protocol is kept), the request, the library's message
+        channel (messages go to ``on_message``) and its handshake events (shared, set)."""
+        connection = self._wsproto.connection
+        if connection is not None:
+            self._wsproto = connection  # type: ignore[assignment]  # same interface, after the handshake
+        self.request = None
+        self._send_channel, self._recv_channel = _CLOSED_SEND, _CLOSED_RECEIVE
+        self._open_handshake = self._for_testing_peer_closed_connection = _DONE
 
     async def _read(self, *, until_request: bool) -> None:
         """trio-websocket 0.12's ``_reader_task`` loop, run in the caller's task, without its channel."""
+        event: Event | None = None
         while self._reader_running:
             for event in self._wsproto.events():
                 try:
@@ -190,6 +217,7 @@ class ServerWebSocket(WebSocketConnection):
                     break
                 if until_request and self.request is not None:
                     return
+            event = None  # R13 and fewer objects: the last event is not kept while waiting
             if not self._reader_running:
                 break
             try:
@@ -369,7 +397,4 @@ class ServerWebSocket(WebSocketConnection):
     def stream(self) -> trio.abc.Stream:
         return self._stream
 
-    def drop_channel(self) -> None:
-        """Nobody reads the library's message channel: close it so that nothing can wait on it."""
-        self._recv_channel.close()
 
