@@ -266,8 +266,10 @@ def main() -> None:
 
     configure_logging(args.log_level)
     limits = Limits(**json.loads(args.limits))
+    # (gc_freeze only when on: the same runner then also drives an older server, for a before/after)
+    policy: dict[str, Any] = {} if args.no_gc_policy else {"gc_freeze": True}
     server = QueueChatServer(secret=os.environ.get("QUEUECHAT_SECRET", DEVELOPMENT_SECRET), limits=limits,
-                             stats_interval_s=None, gc_freeze=not args.no_gc_policy)
+                             stats_interval_s=None, **policy)
 
     def stats(heavy: bool = True) -> dict[str, Any]:
         s = server.statistics()
