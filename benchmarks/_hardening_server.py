@@ -328,6 +328,16 @@ def main() -> None:
                         answer = gc_pauses.take()
                     elif command == "gc_state":
                         answer = gc_state()
+                    elif command == "young":  # a diagnostic: what the young generations hold now
+                        out: dict[str, Any] = {}
+                        for g in (0, 1, 2):
+                            objs = gc.get_objects(g)
+                            census = Counter(type(o).__qualname__ for o in objs)
+                            big = sorted(((len(gc.get_referents(o)), type(o).__qualname__) for o in objs),
+                                         reverse=True)[:8]
+                            out[str(g)] = {"n": len(objs), "types": dict(census.most_common(12)), "big": big}
+                            del objs
+                        answer = out
                     elif command == "written":
                         answer = {"paths": sorted(set(_written))}
                     elif command == "shutdown":

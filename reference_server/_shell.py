@@ -594,14 +594,14 @@ class QueueChatServer:
     async def _run_timers(self) -> None:
         """Every connection's hello deadline, heartbeat and liveness deadline, in one task and one heap;
         and the GC policy's tick, when it is on."""
-        timers = self._timers
-        next_gc = trio.current_time() + 1.0
+        timers, gc_every = self._timers, self._gc.freeze_every_s
+        next_gc = trio.current_time() + gc_every
         while True:
             now = trio.current_time()
             self._fire_timers(now)
             if self._gc_freeze and now >= next_gc:
                 self._gc.tick(len(self._connections))
-                next_gc = now + 1.0
+                next_gc = now + gc_every
             deadline = timers[0][0] if timers else math.inf
             if self._gc_freeze:
                 deadline = min(deadline, next_gc)
