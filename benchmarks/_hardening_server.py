@@ -328,6 +328,13 @@ def main() -> None:
                         answer = gc_pauses.take()
                     elif command == "gc_state":
                         answer = gc_state()
+                    elif command == "collect":  # a diagnostic: how much cyclic garbage there is now
+                        gc.set_debug(gc.DEBUG_SAVEALL)
+                        unreachable = gc.collect()
+                        garbage = Counter(type(o).__qualname__ for o in gc.garbage)
+                        gc.garbage.clear()
+                        gc.set_debug(0)
+                        answer = {"unreachable": unreachable, "types": dict(garbage.most_common(25))}
                     elif command == "young":  # a diagnostic: what the young generations hold now
                         out: dict[str, Any] = {}
                         for g in (0, 1, 2):

@@ -14,13 +14,13 @@ policy, applied by the shell's timer task once a second:
   collections of 10-20 ms). In steady state the server makes no cyclic garbage (the
   collections in the capacity runs collected 0 objects), so what is frozen and later
   dropped is freed by its reference count, as it would be anyway;
-- frozen objects that become cyclic garbage (a closed connection's tasks and streams
-  refer to each other) are not collected while frozen: once as many frozen connections
-  have closed as are open (at least ``thaw_after_closed``), everything is thawed and
-  collected in full, once, then frozen again. That pause is rare and its size is the
-  heap's; it is counted in :meth:`statistics`. For cyclic garbage from elsewhere (error
-  paths), the same thaw happens at most every ``thaw_every_s`` when the frozen objects grew
-  by half since the last thaw.
+- frozen objects that become cyclic garbage are not collected while frozen. A closed
+  connection leaves none (``tests/test_wsconn.py`` checks it: its objects are freed by
+  their reference counts), but an error path might: at most every ``thaw_every_s``, when
+  the frozen objects grew by half since the last thaw, everything is thawed, collected in
+  full, once, and frozen again. That pause is rare and its size is the heap's; it is
+  counted in :meth:`statistics`. (Thawing whenever many frozen connections had closed, as
+  a first version did, paused the server for a full collection after every burst.)
 
 Process-wide (the collector is), so it is a server option, on for ``queuechat serve``
 and the benchmark servers, off for servers run inside a test or a simulation.
@@ -36,15 +36,11 @@ from typing import Any
 class GcPolicy:
     """Freeze after handshakes, thaw when enough frozen connections have closed; count every pause."""
 
-    def __init__(self, *, freeze_every_s: float = 0.25, thaw_after_closed: int = 1000,
-                 thaw_every_s: float = 600.0) -> None:
+    def __init__(self, *, freeze_every_s: float = 0.25, thaw_every_s: float = 600.0) -> None:
         self.freeze_every_s = freeze_every_s
-        self.thaw_after_closed = thaw_after_closed
         self.thaw_every_s = thaw_every_s
         self._last_thaw = time.monotonic()
         self._frozen_after_thaw = 0
-        self.epoch = 0  # freezes so far; a connection opened in epoch e is frozen once epoch > e
-        self.closed_frozen = 0
         self.freezes = 0
         self.thaws = 0
         self.collections = [0, 0, 0]
@@ -68,22 +64,12 @@ class GcPolicy:
             gc.callbacks.remove(self._on_gc)
             self._installed = False
 
-    def opened(self) -> int:
-        """A connection was accepted; its epoch, to hand back to :meth:`closed`."""
-        return self.epoch
-
-    def closed(self, epoch: int) -> None:
-        if epoch < self.epoch:
-            self.closed_frozen += 1
-
-    def tick(self, open_connections: int) -> None:
+    def tick(self) -> None:
         """Called every ``freeze_every_s``: freeze, or thaw when due."""
         now = time.monotonic()
-        grown = (now - self._last_thaw >= self.thaw_every_s
-                 and gc.get_freeze_count() > 1.5 * self._frozen_after_thaw)
-        if grown or self.closed_frozen >= max(self.thaw_after_closed, open_connections):
+        grown = gc.get_freeze_count() > 1.5 * self._frozen_after_thaw
+        if grown and now - self._last_thaw >= self.thaw_every_s:
             self.thaws += 1
-            self.closed_frozen = 0
             gc.unfreeze()
             gc.collect()
             self._freeze()
@@ -95,7 +81,6 @@ class GcPolicy:
     def _freeze(self) -> None:
         gc.freeze()
         self.freezes += 1
-        self.epoch += 1
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":

@@ -110,7 +110,6 @@ class _Connection:
         "control",
         "dirty",
         "end",
-        "epoch",
         "id",
         "last_seen",
         "max_bytes",
@@ -140,7 +139,6 @@ class _Connection:
         self.position: Position | None = None  # the latest position not yet queued (coalesced)
         self.ping_in_flight = False
         self.last_seen = trio.current_time()
-        self.epoch = 0
         self.max_frames = limits.max_queued_frames
         self.max_bytes = limits.max_queued_bytes
 
@@ -427,7 +425,6 @@ class QueueChatServer:
         try:
             with conn.scope:
                 self._counters.connections_total += 1
-                conn.epoch = self._gc.opened()
                 self._model.connect(conn.id, self._now())
                 log.debug("connection.opened", conn=conn.id, peer=str(ws.remote))
                 self._start_timers(conn)
@@ -436,8 +433,7 @@ class QueueChatServer:
                 await ws.read_frames()
         finally:
             ws.on_message = ws.on_pong = _nothing
-            if self._connections.pop(conn.id, None) is not None:
-                self._gc.closed(conn.epoch)
+            self._connections.pop(conn.id, None)
             if self._all_closed is not None and not self._connections:
                 self._all_closed.set()
             self._apply(self._model.disconnected(conn.id, self._now()))
@@ -600,7 +596,7 @@ class QueueChatServer:
             now = trio.current_time()
             self._fire_timers(now)
             if self._gc_freeze and now >= next_gc:
-                self._gc.tick(len(self._connections))
+                self._gc.tick()
                 next_gc = now + gc_every
             deadline = timers[0][0] if timers else math.inf
             if self._gc_freeze:

@@ -104,14 +104,17 @@ class _TailFirstLock:
 
     ``ServerWebSocket.write_nowait`` may leave the end of a frame (``tail``) for a writer task;
     until it is written, no other bytes (trio-websocket's pongs and close frames) may go on the
-    stream, or they would land inside that frame.
+    stream, or they would land inside that frame. The lock holds the tail and the stream, not
+    the connection: no reference cycle, so a closed connection is freed by reference counts
+    (with a cycle, its ~40 objects waited for a full collection, or for ever once frozen).
     """
 
-    __slots__ = ("_lock", "_ws")
+    __slots__ = ("_lock", "stream", "tail")
 
-    def __init__(self, lock: trio.StrictFIFOLock, ws: ServerWebSocket) -> None:
+    def __init__(self, lock: trio.StrictFIFOLock, stream: trio.abc.Stream) -> None:
         self._lock = lock
-        self._ws = ws
+        self.stream = stream
+        self.tail = b""
 
     def locked(self) -> bool:
         return self._lock.locked()
@@ -127,11 +130,11 @@ class _TailFirstLock:
 
     async def __aenter__(self) -> None:
         await self._lock.acquire()
-        tail = self._ws.tail
+        tail = self.tail
         if tail:
-            self._ws.tail = b""
+            self.tail = b""
             try:
-                await self._ws._stream.send_all(tail)
+                await self.stream.send_all(tail)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the caller's own write meets the same broken stream and reports it
             except BaseException:
@@ -143,6 +146,7 @@ class _TailFirstLock:
 
 
 _LINGER_S = 1.0
+_MESSAGES_PER_TURN = 4  # frames handled from one read before the reader lets the others run
 
 # Stand-ins for per-connection objects of the library that a server connection no longer needs
 # once it is open (see ServerWebSocket.read_frames): shared, already set / closed.
@@ -167,8 +171,8 @@ class ServerWebSocket(WebSocketConnection):
 
     def __init__(self, stream: trio.abc.Stream, *, max_message_size: int) -> None:
         super().__init__(stream, WSConnection(ConnectionType.SERVER), max_message_size=max_message_size)
-        self.tail = b""  # framed bytes the socket took only part of, for the writer to finish
-        self._stream_lock = _TailFirstLock(self._stream_lock, self)  # type: ignore[assignment]
+        self._lock = _TailFirstLock(self._stream_lock, stream)
+        self._stream_lock = self._lock  # type: ignore[assignment]
         self.on_message: Callable[[str | bytes], None] = _ignore
         self.on_pong: Callable[[], None] = _ignore
         self.request: WebSocketRequest | None = None
@@ -209,7 +213,7 @@ class ServerWebSocket(WebSocketConnection):
         """trio-websocket 0.12's ``_reader_task`` loop, run in the caller's task, without its channel."""
         event: Event | None = None
         while self._reader_running:
-            for event in self._wsproto.events():
+            for handled, event in enumerate(self._wsproto.events(), start=1):
                 try:
                     await self._dispatch(event)
                 except ConnectionClosed:
@@ -217,6 +221,11 @@ class ServerWebSocket(WebSocketConnection):
                     break
                 if until_request and self.request is not None:
                     return
+                if handled % _MESSAGES_PER_TURN == 0:
+                    # A peer pipelining many frames in one read does not keep the others waiting:
+                    # its next frames after everyone else's turn (trio-websocket's channel gave
+                    # the same, one message per turn).
+                    await trio.lowlevel.checkpoint()
             event = None  # R13 and fewer objects: the last event is not kept while waiting
             if not self._reader_running:
                 break
@@ -345,6 +354,15 @@ class ServerWebSocket(WebSocketConnection):
                     return
 
     # ------------------------------------------------------------------ writing
+
+    @property
+    def tail(self) -> bytes:
+        """Framed bytes the socket took only part of, for the writer to finish (kept by the lock)."""
+        return self._lock.tail
+
+    @tail.setter
+    def tail(self, value: bytes) -> None:
+        self._lock.tail = value
 
     def is_open(self) -> bool:
         return self._close_reason is None and self._wsproto.state is ConnectionState.OPEN

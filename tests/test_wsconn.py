@@ -7,6 +7,7 @@ connections, and the coalesced ``position`` pushes (R30, docs/protocol.md "Choic
 from __future__ import annotations
 
 import ast
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import trio.testing
 import trio_websocket
 from conftest import StartServer
 from trio_websocket import WebSocketConnection
+from wire import frame_types
 from wsproto import ConnectionType, WSConnection
 
 import reference_server
@@ -210,3 +212,26 @@ async def test_R30_a_departure_queues_positions_a_slice_per_scheduler_round(
         for _, done in patients:
             done.set()
     assert slices[:3] == [2, 2, 2] and max(slices) == 2  # (then the others' departures at the end)
+
+
+async def test_a_closed_connection_leaves_no_cyclic_garbage(start_server: StartServer, room: str) -> None:
+    """The server's per-connection objects are freed by their reference counts when the connection
+    ends (so the GC policy may freeze them): no collection is needed, none finds them."""
+    live = await start_server()
+    async with live.clinician(room) as clinician:
+        async with live.patient(room) as patient:
+            await patient.ok({"type": "send", "text": "a question"})
+            await clinician.barrier()
+        assert frame_types(await clinician.barrier())[0] == "patient_left"
+        await trio.testing.wait_all_tasks_blocked()
+    await trio.testing.wait_all_tasks_blocked()
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        left = {type(o).__name__ for o in gc.garbage} & {"ServerWebSocket", "_Connection", "_TailFirstLock",
+                                                          "FrameProtocol", "Connection"}
+    finally:
+        gc.garbage.clear()
+        gc.set_debug(0)
+    assert left == set()
