@@ -100,6 +100,8 @@ _HELLO, _PING, _LIVE = 0, 1, 2
 
 # Position pushes materialised per scheduler round by the flusher (R30, coalesced).
 _POSITIONS_PER_ROUND = 64
+# New connections let into their HTTP handshake per scheduler round (the rest wait their turn).
+_HANDSHAKES_PER_ROUND = 16
 
 
 class _Connection:
@@ -255,6 +257,9 @@ class QueueChatServer:
         self._dirty: list[_Connection] = []
         self._positions: deque[_Connection] = deque()
         self._flush_lot = trio.lowlevel.ParkingLot()
+        # New connections waiting for their turn to handshake, and what wakes the admitter.
+        self._admission = trio.lowlevel.ParkingLot()
+        self._admitter_lot = trio.lowlevel.ParkingLot()
         self._pings = itertools.count(1)
         self._nursery: trio.Nursery | None = None  # while serving: connections' tasks and writers
 
@@ -312,6 +317,7 @@ class QueueChatServer:
                     trio.serve_listeners, handler, listeners, handler_nursery=nursery))
                 nursery.start_soon(self._run_timers)
                 nursery.start_soon(self._flush_forever)
+                nursery.start_soon(self._admit_forever)
                 self._urls = [_ws_url(listener) for listener in listeners]
                 if self._stats_interval_s is not None:
                     nursery.start_soon(self._log_statistics_forever, self._stats_interval_s)
@@ -384,6 +390,7 @@ class QueueChatServer:
             # A peer that never sends its HTTP request is closed after the hello timeout.
             arrived = False
             with trio.move_on_after(self.limits.hello_timeout_s or 60.0):
+                await self._wait_for_turn()
                 arrived = await ws.read_request()
             if arrived:
                 await self._handle_request(ws.take_request())
@@ -445,6 +452,20 @@ class QueueChatServer:
                 "connection.closed", conn=conn.id, end=conn.end,
                 code=closed.code if closed is not None else None,
             )
+
+    async def _wait_for_turn(self) -> None:
+        """A new connection waits here for its turn to handshake: at most _HANDSHAKES_PER_ROUND a
+        scheduler round, so that 2,000 connections arriving at once do not put 2,000 handshakes
+        in one round ahead of everyone else's messages."""
+        self._admitter_lot.unpark()
+        await self._admission.park()
+
+    async def _admit_forever(self) -> None:
+        while True:
+            if not self._admission:
+                await self._admitter_lot.park()
+            self._admission.unpark(count=_HANDSHAKES_PER_ROUND)
+            await trio.lowlevel.checkpoint()
 
     def _receive(self, conn: _Connection, raw: str | bytes) -> None:
         """One message from a connection's peer, handed to the model in the reader's own task."""
