@@ -492,7 +492,8 @@ async def test_R45_timers_need_no_task_per_connection_and_a_connection_has_one_t
             await clinician.barrier()
             await patient.barrier()
             await trio.testing.wait_all_tasks_blocked()
-            assert shell_tasks() == Counter({"_run_handler": 3, "_run_timers": 1, "_flush_forever": 1, "_admit_forever": 1})
+            assert shell_tasks() == Counter({"_run_handler": 3, "_run_timers": 1, "_flush_forever": 1,
+                                             "_admit_forever": 1})
         assert silent.ws.closed is None
     assert len(live.server._timers) >= 3 * 3  # hello, ping and liveness entries of the three
 
