@@ -31,6 +31,9 @@ The control channel takes one JSON object per line and answers one per line:
 - ``{"cmd": "gc_pauses"}``: the garbage collector's stop-the-world pauses
   since the last ask, by generation (count, total, longest);
 - ``{"cmd": "gc_state"}``: tracked objects per generation, frozen, counters, thresholds.
+- ``{"cmd": "young"}`` and ``{"cmd": "collect"}``: diagnostics for the GC work of issue 13:
+  what each generation holds now (types, largest containers), and a full collection's
+  unreachable objects by type (``gc.DEBUG_SAVEALL``).
 - ``{"cmd": "gc_freeze"}``: a diagnostic for the capacity run: collect, then
   move every object to the permanent generation (``gc.freeze()``), so that
   the following full collections no longer walk them;
