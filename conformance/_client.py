@@ -21,13 +21,16 @@ import socket
 import ssl
 import urllib.parse
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
+import h11
 import trio
 import wsproto
+import wsproto.connection
 import wsproto.events as wse
+import wsproto.utilities
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
 
 from reference_server.protocol import SERVER_FRAME_TYPES, redact
@@ -226,10 +229,87 @@ class Conn:
         await trio.aclose_forcefully(self.ws._stream)
 
 
+class _GuardedNursery:
+    """Stands in for the nursery ``wrap_client_stream`` starts the connection's reader task in.
+
+    trio-websocket raises a refused handshake (an HTTP 404, say) *in that reader task*, which would
+    crash the caller's whole nursery (an ExceptionGroup) while the handshake wait hangs. Until the
+    handshake is done, this catches what the reader raises, keeps it, and cancels the wait; after
+    it, errors propagate as before, but for a pong refused while our own close is under way.
+    """
+
+    def __init__(self, nursery: trio.Nursery, handshake: trio.CancelScope) -> None:
+        self._nursery = nursery
+        self._handshake = handshake
+        self.established = False
+        self.error: BaseException | None = None
+        self.ended = False
+
+    def start_soon(self, func: Callable[[], Awaitable[object]], *args: object) -> None:
+        async def guarded() -> None:
+            try:
+                await func(*args)
+            except Exception as error:
+                if self.established:
+                    if isinstance(error, wsproto.utilities.LocalProtocolError):
+                        # trio-websocket 0.12 answers a server ping that arrives after our close frame
+                        # went out; wsproto refuses a pong in LOCAL_CLOSING. The connection is closing
+                        # at our request anyway: end its reader quietly, not the whole case.
+                        return
+                    raise
+                self.error = error
+                self._handshake.cancel()
+            else:
+                if not self.established:
+                    self.ended = True
+                    self._handshake.cancel()
+
+        self._nursery.start_soon(guarded)
+
+
+def handshake_failure(error: BaseException) -> str:
+    """A short reason for a failed WebSocket open; never the server's HTTP body or headers."""
+    status = getattr(error, "status_code", None)
+    if isinstance(status, int):
+        return f"HTTP {status} instead of a WebSocket upgrade"
+    causes = _causes(error)
+    if any(isinstance(e, ConnectionRefusedError) for e in causes):
+        return "connection refused"
+    if any(isinstance(e, socket.gaierror) for e in causes):
+        return "unknown host"
+    if any(isinstance(e, ssl.SSLError) for e in causes):
+        return "TLS handshake failed"
+    if isinstance(error, wsproto.utilities.ProtocolError | h11.ProtocolError | trio.BrokenResourceError):
+        return "the server's answer is not a WebSocket handshake"
+    if isinstance(error, OSError):
+        return f"cannot connect ({error.strerror or error or type(error).__name__})"
+    return f"WebSocket handshake failed ({type(error).__name__})"
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """``error``, its causes and, for groups, their members (trio wraps refused connects so)."""
+    found: list[BaseException] = []
+    todo = [error]
+    while todo and len(found) < 50:
+        item = todo.pop()
+        found.append(item)
+        if isinstance(item, BaseExceptionGroup):
+            todo.extend(item.exceptions)
+        for linked in (item.__cause__, item.__context__):
+            if linked is not None and linked not in found:
+                todo.append(linked)
+    return found
+
+
 async def open_conn(
     nursery: trio.Nursery, url: str, label: str, log: WireLog, within_s: float, on_extension: Any = None
 ) -> Conn:
-    """A WebSocket connection to ``url``, handshake done within ``within_s``; the socket is ours to close."""
+    """A WebSocket connection to ``url``, handshake done within ``within_s``; the socket is ours to close.
+
+    Raises :class:`ConnectFailed` with a one-line reason for anything that keeps the WebSocket from
+    opening: a refused port, an HTTP answer that is not an upgrade, a server that closes or says
+    nothing, a TLS or HTTP protocol error.
+    """
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or "127.0.0.1"
     port = parts.port or (443 if parts.scheme == "wss" else 80)
@@ -237,25 +317,36 @@ async def open_conn(
     default_port = port == (443 if parts.scheme == "wss" else 80)
     host_header = host if default_port else f"{host}:{port}"
     stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | None = None
+    ws: WebSocketConnection | None = None
+    reason: str | None = None
     try:
         with trio.fail_after(within_s):
             stream = await trio.open_tcp_stream(host, port)
             if parts.scheme == "wss":
                 stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host)
-            ws = await wrap_client_stream(nursery, stream, host_header, resource, message_queue_size=1024,
-                                          max_message_size=MAX_MESSAGE_SIZE)
+            with trio.CancelScope() as handshake:
+                guard = _GuardedNursery(nursery, handshake)
+                ws = await wrap_client_stream(
+                    cast(trio.Nursery, guard), stream, host_header, resource, message_queue_size=1024,
+                    max_message_size=MAX_MESSAGE_SIZE,
+                )
+            if guard.error is not None:
+                reason = handshake_failure(guard.error)
+            elif guard.ended or ws is None or ws.closed is not None:
+                reason = "the server closed the connection during the WebSocket handshake"
+            else:
+                guard.established = True
     except BaseException as error:
         if stream is not None:
             await trio.aclose_forcefully(stream)
         if isinstance(error, trio.TooSlowError):
             raise ConnectFailed(f"no WebSocket handshake within {within_s:g} s") from None
-        if isinstance(error, OSError):
-            raise ConnectFailed(f"cannot connect ({error.strerror or error})") from None
-        if isinstance(error, HandshakeError | ConnectionClosed):
-            status = getattr(error, "status_code", None)
-            detail = f"HTTP {status}" if status is not None else type(error).__name__
-            raise ConnectFailed(f"WebSocket handshake refused ({detail})") from None
+        if isinstance(error, OSError | HandshakeError | ConnectionClosed):
+            raise ConnectFailed(handshake_failure(error)) from None
         raise
+    if reason is not None or ws is None:
+        await trio.aclose_forcefully(stream)
+        raise ConnectFailed(reason or "WebSocket handshake failed")
     return Conn(label, ws, log, on_extension)
 
 
@@ -315,12 +406,14 @@ class RawConn:
                     raise
                 if not isinstance(event, wse.AcceptConnection):
                     await trio.aclose_forcefully(stream)
-                    raise ConnectFailed("WebSocket handshake refused")
+                    if isinstance(event, wse.RejectConnection):
+                        raise ConnectFailed(f"HTTP {event.status_code} instead of a WebSocket upgrade")
+                    raise ConnectFailed("the server closed the connection during the WebSocket handshake")
                 return conn
         except trio.TooSlowError:
             raise ConnectFailed(f"no WebSocket handshake within {within_s:g} s") from None
-        except OSError as error:
-            raise ConnectFailed(f"cannot connect ({error.strerror or error})") from None
+        except (OSError, wsproto.utilities.ProtocolError, trio.BrokenResourceError) as error:
+            raise ConnectFailed(handshake_failure(error)) from None
 
     async def _next_event(self, within_s: float) -> wse.Event | None:
         """The next wsproto event, or None at end of stream."""
@@ -342,11 +435,11 @@ class RawConn:
 
     async def send_text(self, frame: dict[str, Any]) -> None:
         self.log.add("out", frame)
-        await self._send_bytes(self.ws.send(wse.Message(data=json.dumps(frame, ensure_ascii=False))))
+        await self._send_bytes(self._encode(wse.Message(data=json.dumps(frame, ensure_ascii=False))))
 
     async def send_many(self, frames: list[dict[str, Any]]) -> None:
         """Several text frames in one write: the server receives them as one burst."""
-        data = b"".join(self.ws.send(wse.Message(data=json.dumps(f, ensure_ascii=False))) for f in frames)
+        data = b"".join(self._encode(wse.Message(data=json.dumps(f, ensure_ascii=False))) for f in frames)
         for frame in frames:
             self.log.add("out", frame)
         await self._send_bytes(data)
@@ -368,6 +461,13 @@ class RawConn:
         header += mask
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         await self._send_bytes(bytes(header) + masked)
+
+    def _encode(self, event: wse.Event) -> bytes:
+        """The bytes of a frame, or none once the connection is closing (the close shows up when it is
+        next read, as with :class:`Conn`)."""
+        if self.ws.state is not wsproto.connection.ConnectionState.OPEN:
+            return b""
+        return self.ws.send(event)
 
     async def _send_bytes(self, data: bytes) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -391,7 +491,9 @@ class RawConn:
                 return frame
             if isinstance(event, wse.Ping):
                 if self.answer_pings:
-                    await self._send_bytes(self.ws.send(event.response()))
+                    # A ping may arrive just before the server's close frame is read: a pong can only
+                    # go out while the connection is open (wsproto refuses it in REMOTE_CLOSING).
+                    await self._send_bytes(self._encode(event.response()))
                     continue
                 record = {"type": "(ping)"}
                 self.log.add("in", record)

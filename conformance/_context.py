@@ -319,6 +319,8 @@ class CaseContext:
             if isinstance(answered.get("patient"), str):
                 conn.patient_id = answered["patient"]
             conn.welcome = answered
+        if answered:
+            seen_own += await self._after_answer(conn)
         seen = {conn: seen_own}
         await self._collect_all(expected, seen, wait=self.env.grace_s, only_named=only_named)
         self.last_seen = seen
@@ -351,6 +353,8 @@ class CaseContext:
                     break
                 if frame["type"] in ANSWER_TYPES:
                     answers_due -= 1
+        if answers_due == 0:
+            seen_own += await self._after_answer(conn)
         expected: dict[Conn, list[Item]] = {c: list(items) for c, items in (events or {}).items()}
         expected[conn] = list(own)
         seen = {conn: seen_own}
@@ -401,6 +405,14 @@ class CaseContext:
         if then_close and not conn.closed:
             frames += await self._read_to_close(conn, self.env.answer_timeout_s)
         return frames
+
+    async def _after_answer(self, conn: Conn) -> list[dict[str, Any]]:
+        """What the requester received after its answer, up to a ``ping`` barrier: the contract sends a
+        request's events before its ``ok``, so anything here is a departure of this step (an event
+        after the ``ok``, or one the request should not have caused), not of the next one."""
+        if conn.closed or not conn.welcomed or not self.env.has_ping:
+            return []
+        return await self._barrier(conn)
 
     async def _read_to_close(self, conn: Conn, within_s: float) -> list[dict[str, Any]]:
         frames: list[dict[str, Any]] = []

@@ -341,9 +341,40 @@ def match_sequence(items: Sequence_, frames: Sequence[dict[str, Any]]) -> str | 
 
     if walk(0, 0):
         return None
+    swapped = _wrong_order(items, frames)
+    if swapped is not None:
+        return swapped
     # Report the departure found furthest into the frames: the most informative one.
     _, reason = max(best, key=lambda entry: entry[0]) if best else (0, "frames do not match")
     return reason
+
+
+CONTRACT_ORDER: Final = ("patient_left", "erased", "message", "chat_box", "unread", "notify")
+
+
+def _wrong_order(items: Sequence_, frames: Sequence[dict[str, Any]]) -> str | None:
+    """When ``frames`` are exactly the expected frames but in another order, say which two were swapped
+    (the contract's "Order" rule), rather than reporting a mismatch at the first of them."""
+    patterns = [item for item in items if isinstance(item, dict)]
+    if len(patterns) != len(items) or len(patterns) != len(frames):
+        return None
+    placed: list[int] = []
+    for frame in frames:
+        fits = (i for i, p in enumerate(patterns) if i not in placed and frame_mismatch(p, frame) is None)
+        index = next(fits, None)
+        if index is None:
+            return None
+        placed.append(index)
+    for j in range(len(placed)):
+        for k in range(j + 1, len(placed)):
+            if placed[j] > placed[k]:
+                first, second = frames[j].get("type"), frames[k].get("type")
+                return (
+                    f"frames in the wrong order: frame {j + 1} ({first}) came before frame {k + 1} "
+                    f"({second}); the contract orders one cause's frames "
+                    f"{', '.join(CONTRACT_ORDER)}, then the request's answer"
+                )
+    return None
 
 
 def find_unexpected_extra(items: Sequence_, frames: Sequence[dict[str, Any]]) -> bool:

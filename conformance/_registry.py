@@ -40,6 +40,7 @@ class Verdict(StrEnum):
 # Groups in report order: name -> title.
 GROUPS: Final[dict[str, str]] = {
     "transport": "Transport, hello and ping",
+    "order": "Frame order",
     "identity": "Roles and identity",
     "console": "The clinician's welcome",
     "chatting": "Chatting (R1, R2, R4)",
@@ -53,7 +54,7 @@ GROUPS: Final[dict[str, str]] = {
     "limits": "Limits (R41-R46)",
 }
 
-_ID = re.compile(r"^(R\d+[a-d]?|transport|identity|console|lifecycle)\.[a-z0-9-]+$")
+_ID = re.compile(r"^(R\d+[a-d]?|transport|order|identity|console|lifecycle)\.[a-z0-9-]+$")
 _BASE_RULE = re.compile(r"^R\d+")
 
 

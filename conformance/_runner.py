@@ -147,13 +147,22 @@ async def preflight(
     """(answers ping, limits from the welcome); raises SuiteError when the suite cannot run at all."""
     failure: SuiteError | None = None
     found: tuple[bool, dict[str, Any] | None] = (False, None)
-    async with trio.open_nursery() as nursery:
-        try:
-            found = await _probe(nursery, url, secret, prefix, within_s)
-        except SuiteError as error:
-            failure = error
-        finally:
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                found = await _probe(nursery, url, secret, prefix, within_s)
+            except SuiteError as error:
+                failure = error
+            finally:
+                nursery.cancel_scope.cancel()
+    except Exception as error:  # the probe connection's reader failed: still one line, never a traceback
+        leaf = error
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]  # type: ignore[assignment]
+        raise SuiteError(
+            f"the connection to {url} failed before the suite could start ({type(leaf).__name__}); "
+            "is this a queue-chat server, at its /v1/ws endpoint?"
+        ) from None
     if failure is not None:
         raise failure
     return found
@@ -168,7 +177,7 @@ async def _probe(
     try:
         conn = await open_conn(nursery, url, "probe", WireLog(trio.current_time(), set()), within_s)
     except ConnectFailed as error:
-        raise SuiteError(f"cannot reach {url}: {error}") from None
+        raise SuiteError(f"cannot open a WebSocket to {url}: {error}{_hint(str(error))}") from None
     try:
         await conn.send(
             {"type": "hello", "role": "clinician", "room": room, "token": clinician_token(secret, room)}
@@ -206,6 +215,17 @@ async def _probe(
     finally:
         with trio.CancelScope(shield=True):
             await conn.aclose()
+
+
+def _hint(reason: str) -> str:
+    """What to check, for the reasons :func:`open_conn` gives."""
+    if reason.startswith("HTTP "):
+        return " (is this a queue-chat server, and is the path its WebSocket endpoint, /v1/ws?)"
+    if "refused" in reason:
+        return " (is the server running, on that port?)"
+    if reason.startswith("no WebSocket handshake"):
+        return " (it accepted the connection but did not answer; --connect-timeout-s sets the wait)"
+    return ""
 
 
 # --------------------------------------------------------------------------- running
@@ -262,15 +282,25 @@ def _verdict(case: Case, ctx: CaseContext, outcome: BaseException | None) -> Cas
             "expected": outcome.expected,
             "seen": outcome.seen,
         }
+    elif isinstance(outcome, trio.TooSlowError) and ctx.scope is not None and ctx.scope.cancelled_caught:
+        # The case's own budget ran out while the server was still answering (a server that stops
+        # answering fails a step first, after answer_timeout_s): slow is not wrong, so not a failure.
+        result.verdict = Verdict.SKIPPED
+        result.reason = (
+            f"inconclusive: the case's time ran out after {_last_step(ctx)}: the server answers too slowly "
+            "for the suite's budget (raise --case-timeout-s)"
+        )
     elif isinstance(outcome, trio.TooSlowError):
         result.verdict = Verdict.FAIL
-        result.reason = f"timed out after {_last_step(ctx)} (the case's time ran out waiting for the server)"
+        result.reason = f"timed out waiting for the server after {_last_step(ctx)} (a step's wait ran out)"
         result.failure = {"step": _last_step(ctx), "message": result.reason, "expected": None, "seen": None}
     elif isinstance(outcome, ConnectFailed):
         result.verdict = Verdict.FAIL
         result.reason = f"could not open a connection after {_last_step(ctx)}: {outcome}"
         result.failure = {"step": _last_step(ctx), "message": result.reason, "expected": None, "seen": None}
     elif outcome is not None:
+        while isinstance(outcome, BaseExceptionGroup) and outcome.exceptions:
+            outcome = outcome.exceptions[0]  # the error itself, not Trio's wrapping of it
         detail = sanitize(str(outcome), ctx.secrets) if str(outcome) else ""
         result.verdict = Verdict.FAIL
         result.reason = (
@@ -313,6 +343,7 @@ async def run_suite(
     window_s: float = 0.5,
     max_connections: int = 100,
     max_wait_s: float = 12.0,
+    connect_timeout_s: float = 5.0,
     on_result: Callable[[CaseResult], None] | None = None,
 ) -> SuiteResult:
     """Run the selected cases against the server at ``url``; raises SuiteError if it cannot run at all."""
@@ -322,7 +353,7 @@ async def run_suite(
     started_wall = time.time()
     started = trio.current_time()
     prefix = "cf-" + _secrets.token_hex(4)
-    has_ping, limits = await preflight(url, secret, prefix, within_s=5.0)
+    has_ping, limits = await preflight(url, secret, prefix, within_s=connect_timeout_s)
     env = SuiteEnv(
         url=url,
         secret=secret,
@@ -333,6 +364,7 @@ async def run_suite(
         window_s=window_s,
         max_connections=max_connections,
         max_wait_s=max_wait_s,
+        connect_timeout_s=max(connect_timeout_s, 5.0),
     )
     limiter = trio.CapacityLimiter(max(1, concurrency))
     results: dict[str, CaseResult] = {}
@@ -371,6 +403,7 @@ async def run_suite(
             "window_s": window_s,
             "max_connections": max_connections,
             "max_wait_s": max_wait_s,
+            "connect_timeout_s": connect_timeout_s,
         },
     )
 

@@ -1,10 +1,17 @@
 """One WebSocket connection to a queue-chat server, for gevent: websocket-client plus a reader greenlet.
 
 The reader decodes each frame with the project's protocol module and hands
-it on: answers (``ok``/``error`` with a ``ref`` of a waiting request) wake
-the request; ``message`` events go to ``on_message`` with the time they were
-read; other events to ``on_event``; errors of fire-and-forget sends (their
-``ref`` is the send's key) to ``on_send_error``.
+it on: the answer to the ``hello`` is the first ``welcome`` or ``error`` on
+the connection, whatever its ``ref`` (the contract does not promise that a
+``welcome`` echoes the hello's ``ref``); after it, answers (``ok``/``error``
+with a ``ref`` of a waiting request: every answer after ``welcome`` carries
+its request's ``ref``) wake the request; ``message`` events go to
+``on_message`` with the time they were read; other events to ``on_event``;
+errors of fire-and-forget sends (their ``ref`` is the send's key) to
+``on_send_error``. Nothing here depends on a choice the reference server
+makes where the contract is silent (docs/protocol.md, "Choices"): not the
+shape of ids, not extra frames, not how frames are split, not close codes
+or reasons, not when an ``ok`` comes.
 
 Exceptions raised here carry codes and entry names only, never a frame's
 text or a name: Locust shows and saves their messages.
@@ -28,6 +35,7 @@ from reference_server.protocol import decode_event
 from ._wsbuffer import buffer_reads
 
 _refs = itertools.count(1)
+UNAUTHORIZED = "unauthorized: is the secret right?"  # said once when the server refuses the token
 _json_encode = msgspec.json.Encoder().encode
 
 
@@ -110,6 +118,7 @@ class Connection:
         self._ws: Any = None
         self._reader: gevent.Greenlet | None = None
         self._waiters: dict[str, AsyncResult] = {}
+        self._hello_waiter: AsyncResult | None = None  # set until the hello's answer arrives
         self.open = False
         self.expect_close = False  # set before a close the user causes (end_call, leave, stop)
         self.close_code: int | None = None
@@ -184,7 +193,28 @@ class Connection:
             raise ServerError(str(answer.get("code")))
         return answer, at, size
 
+    def hello(self, frame: dict[str, Any], *, timeout_s: float) -> tuple[dict[str, Any], float, int]:
+        """Send ``hello``; return its answer (the first ``welcome`` on the connection), when it was read
+        and its size. The first ``error`` before it raises :class:`ServerError`; no ``ref`` is needed
+        on either."""
+        waiter = AsyncResult()
+        self._hello_waiter = waiter
+        try:
+            self.send_bytes(encode_json(frame))
+            try:
+                answer, at, size = waiter.get(timeout=timeout_s)
+            except gevent.Timeout:
+                raise NoAnswer("welcome", timeout_s) from None
+        finally:
+            self._hello_waiter = None
+        if answer.get("type") == "error":
+            raise ServerError(str(answer.get("code")))
+        return answer, at, size
+
     def _fail_waiters(self, error: Exception) -> None:
+        hello, self._hello_waiter = self._hello_waiter, None
+        if hello is not None:
+            hello.set_exception(error)
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():
             waiter.set_exception(error)
@@ -223,6 +253,11 @@ class Connection:
         kind = obj["type"]
         if kind == "message":
             self._on_message(obj, at, len(raw))
+            return
+        hello = self._hello_waiter
+        if hello is not None and kind in ("welcome", "error"):
+            self._hello_waiter = None
+            hello.set((obj, at, len(raw)))
             return
         ref = obj.get("ref")
         if kind in ("ok", "error", "welcome"):

@@ -195,7 +195,8 @@ class Recorder:
         self._errors_sent: dict[str, dict[str, int]] = {}
         self._disconnects: dict[str, int] = {}  # close code (as text) -> count
         self._disconnects_sent: dict[str, int] = {}
-        self.counters: dict[str, int] = {}  # informational: skipped sends, in flight at stop, ...
+        self.counters: dict[str, int] = {}  # planned, sent, delivered, undelivered, skipped sends, ...
+        self.stops: dict[str, dict[str, Any]] = {}  # users that gave up: reason -> count, first, last
         self.gauges: dict[str, int] = dict.fromkeys(GAUGES, 0)
         self._interval_errors = 0
         self._interval_disconnects = 0
@@ -257,6 +258,16 @@ class Recorder:
         """An informational counter (not an error): messages skipped, in flight at the end, ..."""
         if not self.closed:
             self.counters[name] = self.counters.get(name, 0) + n
+
+    def user_stopped(self, reason: str) -> None:
+        """A user gave up before the end (why, and when: epoch seconds)."""
+        now = self._clock()
+        seen = self.stops.get(reason)
+        if seen is None:
+            self.stops[reason] = {"count": 1, "first": now, "last": now}
+        else:
+            seen["count"] += 1
+            seen["last"] = now
 
     def close(self) -> None:
         self.closed = True
@@ -335,6 +346,7 @@ class Recorder:
                 "errors": {name: dict(codes) for name, codes in self._errors.items()},
                 "disconnects": dict(self._disconnects),
                 "counters": dict(self.counters),
+                "stops": {reason: dict(seen) for reason, seen in self.stops.items()},
             }
         return payload
 
@@ -447,6 +459,21 @@ class Collector:
 
     def counters(self) -> dict[str, int]:
         return self._add_up("counters")
+
+    def stops(self) -> list[dict[str, Any]]:
+        """Users that gave up, by reason over every source: how many, first and last time (epoch s)."""
+        merged: dict[str, dict[str, Any]] = {}
+        for final in self.finals.values():
+            for reason, seen in final["final"].get("stops", {}).items():
+                into = merged.get(reason)
+                if into is None:
+                    merged[reason] = dict(seen)
+                else:
+                    into["count"] += seen["count"]
+                    into["first"] = min(into["first"], seen["first"])
+                    into["last"] = max(into["last"], seen["last"])
+        return [{"reason": reason, **seen} for reason, seen in sorted(merged.items(),
+                                                                      key=lambda item: item[1]["first"])]
 
     def _add_up(self, key: str) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -14,6 +14,21 @@ Roles, from Locust's runner:
   and at the end waits (bounded) for every worker's final answer before it
   writes the results.
 
+When the test stops (Locust's ``test_stopping``, before the users stop),
+each recording process ends every user's send schedule and waits for the
+drain window (``--qc-drain``, bounded) so that late deliveries land; what
+is still missing then becomes ``undelivered`` errors (see
+:mod:`loadtests._users`). The run's duration is the send schedule's: it
+ends when the test starts stopping, and neither the drain, nor waiting for
+a lost worker, nor writing the results stretches it; progress lines stop
+there too. A process asked to quit while its test runs (Ctrl-C, SIGTERM)
+marks the run incomplete, in every output, with exit code 3.
+
+Exit code of a Locust process run directly: the run's own (1 SLO breach,
+2 usage error, 3 invalid or incomplete); a run that passed leaves it to
+Locust, so that ``--exit-code-on-error`` still applies when requests
+failed.
+
 The master (or single process) also picks the users' seed when none is
 given (``--qc-seed``) and hands it to the workers with the options, as it
 hands them the run's id.
@@ -40,6 +55,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 from . import _meta, _report
+from ._client import UNAUTHORIZED
 from ._cpu import CpuSampler, assess
 from ._hdr import MESSAGE_ENTRIES, Collector, Recorder, new_histogram, percentiles, write_json
 from ._settings import OPTIONS, Settings, from_options, host_problem
@@ -48,6 +64,10 @@ from ._slo import SloError, Threshold, load_thresholds
 ROLE_LOCAL, ROLE_MASTER, ROLE_WORKER = "local", "master", "worker"
 MSG_JOIN, MSG_FLUSH, MSG_FINAL = "queuechat_join", "queuechat_flush", "queuechat_final"
 FLUSH_TIMEOUT_S = 15.0
+# A run whose send schedule ended before its planned run time (``--run-time``) by more than this (or
+# than INCOMPLETE_TOLERANCE of it) is incomplete: stopped early other than by Ctrl-C or SIGTERM.
+INCOMPLETE_TOLERANCE_S = 2.0
+INCOMPLETE_TOLERANCE = 0.1
 LOCAL_SOURCE = "local"
 PROGRESS_PREFIX = "queuechat progress:"
 
@@ -75,6 +95,11 @@ class ProcessState:
         self.seed = 0
         self._user_numbers = itertools.count()
         self.environment_meta: dict[str, Any] = {}
+        self.schedule_ended_at: float | None = None
+        self.drain_waited_s: float | None = None
+        self.interrupted = False
+        self._progress: gevent.Greenlet | None = None
+        self._said: set[str] = set()
 
     # ------------------------------------------------------------------ starting
 
@@ -107,6 +132,10 @@ class ProcessState:
         self.exit_code = None
         self.summary = None
         self._finishing = False
+        self.schedule_ended_at = None
+        self.drain_waited_s = None
+        self.interrupted = False
+        self._said = set()
         self._user_numbers = itertools.count()
         options = environment.parsed_options
         if self.role == ROLE_WORKER:
@@ -130,7 +159,8 @@ class ProcessState:
         if self.role == ROLE_LOCAL:
             self._start_cpu()
         if self.settings.progress_s > 0:
-            self._greenlets.append(gevent.spawn(self._progress_forever))
+            self._progress = gevent.spawn(self._progress_forever)
+            self._greenlets.append(self._progress)
 
     def next_user_number(self) -> int:
         """This process's users in the order they are made, from 0 each test: with the seed, each user's
@@ -157,6 +187,48 @@ class ProcessState:
         greenlets, self._greenlets = self._greenlets, []
         gevent.killall([g for g in greenlets if g is not current], block=True, timeout=2.0)
 
+    def user_gave_up(self, reason: str) -> None:
+        """A user stops before the end: recorded (the run is invalid) and said once per reason."""
+        self.recorder.user_stopped(reason)
+        if reason in self._said:
+            return
+        self._said.add(reason)
+        at = time.time() - self.started_at
+        print(f"queuechat: {reason}" if reason == UNAUTHORIZED else
+              f"queuechat: a user stopped at {at:.1f} s: {reason}; the run will be invalid",
+              file=sys.stderr, flush=True)
+
+    # ------------------------------------------------------------------ stopping
+
+    def on_test_stopping(self, environment: Environment, **_: Any) -> None:
+        """The send schedule ends now: the run's duration ends here, progress lines stop; the recording
+        processes drain."""
+        if self.schedule_ended_at is None:
+            self.schedule_ended_at = time.time()
+        progress, self._progress = self._progress, None
+        if progress is not None and progress is not gevent.getcurrent():
+            progress.kill(block=True, timeout=2.0)
+        if self.role != ROLE_MASTER:
+            self.drain()
+
+    def drain(self) -> None:
+        """End every user's schedule, wait (bounded) for what is in flight, then count what is missing
+        as ``undelivered``. Neither when the run was interrupted (the run is incomplete anyway)."""
+        from ._users import LIVE_CLIENTS
+
+        clients = list(LIVE_CLIENTS)
+        for client in clients:
+            client.end_schedule()
+        started = time.monotonic()
+        deadline = started + (0.0 if self.interrupted else self.settings.drain_s)
+        while time.monotonic() < deadline and any(client.pending for client in clients):
+            gevent.sleep(0.01)
+        self.drain_waited_s = round(time.monotonic() - started, 3)
+        if self.interrupted:
+            return  # what is in flight was cut by the interruption: counted as in_flight_at_end, not errors
+        for client in clients:
+            client.expire_pending("undelivered")
+
     # ------------------------------------------------------------------ recording side
 
     def _final_payload(self) -> dict[str, Any]:
@@ -177,6 +249,8 @@ class ProcessState:
             verdict["mean_wait_for_cpu_ms"] = round(wait, 3) if wait is not None else None
         payload = self.recorder.drain(final=True)
         payload["run"] = self.run_id
+        payload["schedule_ended"] = self.schedule_ended_at
+        payload["drain_waited_s"] = self.drain_waited_s
         payload["seed"] = self.seed  # the workers' own copy: each used the master's
         payload["cpu"] = verdict
         self._kill_greenlets()
@@ -235,20 +309,36 @@ class ProcessState:
                 for client_id in sorted(expected):
                     runner.send_message(MSG_FLUSH, {"run": self.run_id}, client_id=client_id)
             deadline = time.monotonic() + FLUSH_TIMEOUT_S
-            while time.monotonic() < deadline and not expected <= set(self.collector.finals):
-                gevent.sleep(0.02)
+            while time.monotonic() < deadline and not expected <= set(self.collector.finals) | _lost(runner):
+                gevent.sleep(0.02)  # a worker Locust has marked missing will not answer: no wait for it
             missing = sorted(expected - set(self.collector.finals))
         self._kill_greenlets()
         self._finish(missing)
 
     def _finish(self, missing: list[str]) -> None:
         assert self.collector is not None
-        ended = time.time()
+        finished = time.time()
+        ended = self.schedule_ended_at if self.schedule_ended_at is not None else finished
         options = self.environment.parsed_options
+        run_time = getattr(options, "run_time", None)
+        planned = float(run_time) if isinstance(run_time, int | float) and run_time > 0 else None
+        duration = ended - self.started_at
+        incomplete = None
+        early = planned is not None and duration < planned - max(INCOMPLETE_TOLERANCE_S,
+                                                                  INCOMPLETE_TOLERANCE * planned)
+        if self.interrupted or early:
+            how = "was interrupted" if self.interrupted else "stopped early"
+            incomplete = (f"the run {how}: its send schedule ran {duration:.1f} s"
+                          + (f" of the planned {planned:g} s" if planned is not None else ""))
+        drained = [final.get("drain_waited_s") for final in self.collector.finals.values()]
         run = {
             "started": round(self.started_at, 3),
             "ended": round(ended, 3),
-            "duration_s": round(ended - self.started_at, 3),
+            "duration_s": round(duration, 3),
+            "planned_duration_s": planned,
+            "drain_s": self.settings.drain_s,
+            "drain_waited_s": max((d for d in drained if isinstance(d, int | float)), default=None),
+            "finished": round(finished, 3),
             "host": self.environment.host,
             "users": getattr(options, "num_users", None),
             "rate_per_user": self.settings.rate_per_user,
@@ -260,7 +350,8 @@ class ProcessState:
         }
         summary, results, merged = _report.build(self.collector, run=run, thresholds=self.thresholds,
                                                  slo_file=self.settings.slo, missing_sources=missing,
-                                                 meta={**self.environment_meta, "command": self.command()})
+                                                 meta={**self.environment_meta, "command": self.command()},
+                                                 incomplete=incomplete)
         if self.host_problem is not None:  # nothing was loaded: a usage error, not a measurement
             summary["validity"]["problems"].insert(0, self.host_problem)
             summary["verdict"], summary["exit_code"] = "usage_error", _report.EXIT_USAGE
@@ -340,10 +431,18 @@ class ProcessState:
               f"generator CPU demand {cpu_shown}", flush=True)
 
     def on_quitting(self, environment: Environment, **_: Any) -> None:
+        """Locust is quitting. While a test runs (Ctrl-C, SIGTERM), that makes the run incomplete: Locust
+        stops the test after this, and the results say so. The exit code: the run's own, but a pass
+        leaves it to Locust (its ``--exit-code-on-error`` when requests failed)."""
+        if self.role != ROLE_WORKER and self.collector is not None and not self._finishing:
+            self.interrupted = True
+            print("queuechat: interrupted; the run is incomplete", file=sys.stderr, flush=True)
         self._kill_greenlets()
         if self.role == ROLE_WORKER:
             environment.process_exit_code = 0  # the master's exit code is the run's
-        elif self.exit_code is not None:
+        elif self.interrupted:
+            environment.process_exit_code = _report.EXIT_INVALID
+        elif self.exit_code:
             environment.process_exit_code = self.exit_code
 
 
@@ -359,6 +458,14 @@ def process_state(environment: Environment) -> ProcessState:
     if state is None:  # an Environment made without Locust's init event (a library use)
         state = _STATES[environment] = ProcessState(environment, ROLE_LOCAL)
     return state
+
+
+def _lost(runner: Any) -> set[str]:
+    """Workers the master has marked missing (no heartbeat): they will send nothing more."""
+    clients = getattr(runner, "clients", None)
+    if clients is None:
+        return set()
+    return {str(client.id) for client in clients.all if getattr(client, "state", None) == "missing"}
 
 
 def _listen(hook: Any, handler: Any) -> None:
@@ -383,6 +490,9 @@ def _add_options(parser: Any, **_: Any) -> None:
 
 
 def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
+    # libev's clock is cached and was last read before Locust imported the locust file: a timer set from
+    # it (Locust's --run-time) fires early by the import time. Read it now, before Locust sets that timer.
+    gevent.get_hub().loop.update_now()
     if isinstance(runner, MasterRunner):
         role = ROLE_MASTER
     elif isinstance(runner, WorkerRunner):
@@ -397,6 +507,7 @@ def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
             print(f"queuechat: {error}", file=sys.stderr, flush=True)
             sys.exit(_report.EXIT_USAGE)
     _listen(environment.events.test_start, state.on_test_start)
+    _listen(environment.events.test_stopping, state.on_test_stopping)
     _listen(environment.events.test_stop, state.on_test_stop)
     _listen(environment.events.quitting, state.on_quitting)
     if role == ROLE_MASTER:

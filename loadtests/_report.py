@@ -2,10 +2,22 @@
 JUnit XML.
 
 Built at the master (or the single process) from a :class:`~loadtests._hdr.Collector`.
-The verdict and exit code: 0 pass, 1 an SLO threshold failed, 3 the run is
-invalid (a generator was short of CPU, a worker's results are missing,
-nothing was delivered). Nothing here carries message text or names: only
-entry names, counts, codes and times.
+The verdict and exit code:
+
+- ``pass`` (0): the run is valid and complete and every SLO threshold held;
+- ``slo_breach`` (1, "FAIL"): a threshold failed;
+- ``usage_error`` (2): nothing was loaded (a bad ``--host``);
+- ``invalid`` (3): the figures cannot be trusted: a generator was short of
+  CPU, a worker's results are missing, users stopped before the end (the
+  server refused or dropped every connection, or refused the token), fewer
+  users ran than were asked for, the
+  generator sent clearly less than planned (under ``MIN_SENT_FRACTION``,
+  90 %, of the messages its schedule had due), or nothing was delivered;
+- ``incomplete`` (3): the run was interrupted (Ctrl-C, SIGTERM) or stopped
+  before its planned run time; the figures cover only part of it.
+
+Nothing here carries message text or names: only entry names, counts,
+codes and times.
 
 No Locust and no gevent here: ``queuechat load`` prints the summary from
 the JSON with :func:`format_summary`.
@@ -25,6 +37,7 @@ from ._hdr import (
     LATENCY_ENTRIES,
     MESSAGE_ENTRIES,
     UNCORRECTED_SUFFIX,
+    USERS,
     Collector,
     summarize,
     write_hgrm,
@@ -42,6 +55,11 @@ TIMELINE_FILE = "timeline.csv"
 JUNIT_FILE = "junit.xml"
 SUMMARY_VERSION = 1
 WAIT_WARNING_MS = 0.5
+# A run whose generators sent fewer than this fraction of the messages their schedules had due is invalid:
+# it did not put the planned load on the server (wrk2's rule: measure at the rate you asked for).
+MIN_SENT_FRACTION = 0.9
+VERDICT_NAMES = {"pass": "PASS", "slo_breach": "FAIL (SLO breach)", "invalid": "INVALID RUN",
+                 "incomplete": "INCOMPLETE RUN", "usage_error": "NOT RUN (usage error)"}
 
 
 def safe_name(text: str) -> str:
@@ -57,6 +75,7 @@ def build(
     slo_file: str | None,
     missing_sources: Sequence[str] = (),
     meta: Mapping[str, Any] | None = None,
+    incomplete: str | None = None,
 ) -> tuple[dict[str, Any], list[ThresholdResult], dict[str, Any]]:
     """The summary, the threshold results and the merged histograms (entry -> (primary, uncorrected)).
 
@@ -111,8 +130,29 @@ def build(
                 f"{cpu.get('sampled_s')} s sampled (max {cpu.get('max_demand_percent')}%)")
     for source in missing_sources:
         problems.append(f"load generator {source} sent no final results")
-    if not any(entries[name]["count"] for name in MESSAGE_ENTRIES):
+    counters = collector.counters()
+    messages = message_rates(counters, run)
+    started = float(run.get("started", 0.0))
+    stops = [{"reason": stop["reason"], "users": stop["count"],
+              "first_at_s": round(stop["first"] - started, 3), "last_at_s": round(stop["last"] - started, 3)}
+             for stop in collector.stops()]
+    for stop in stops:
+        first, last = f"{stop['first_at_s']:.1f}", f"{stop['last_at_s']:.1f}"
+        when = f"at {first} s" if first == last else f"between {first} s and {last} s"
+        problems.append(f"{stop['users']} of {run.get('users', '?')} users stopped before the end ({when}): "
+                        f"{stop['reason']}")
+    users, peak = run.get("users"), max((row[USERS] for row in collector.timeline()), default=0)
+    if isinstance(users, int) and peak < users:
+        problems.append(f"at most {peak} of the {users} users ran at once: the server did not get the "
+                        "planned load")
+    if messages["planned"] and messages["sent"] < MIN_SENT_FRACTION * messages["planned"]:
+        problems.append(f"the generator sent {messages['sent']:,} of the {messages['planned']:,} messages "
+                        f"its schedule had due ({messages['sent'] / messages['planned']:.0%}, under "
+                        f"{MIN_SENT_FRACTION:.0%}): the server did not get the planned load")
+    if not counters.get("delivered", 0) and not any(entries[name]["count"] for name in MESSAGE_ENTRIES):
         problems.append("no message was delivered: nothing was measured")
+    if incomplete is not None:
+        problems.insert(0, incomplete)
     warnings = [f"interval reports from {source} do not add up to its totals (the .hlog and the timeline "
                 "miss some)" for source in collector.inconsistent_sources()]
     for generator in generators:
@@ -123,7 +163,9 @@ def build(
 
     results = evaluate(thresholds, slo_inputs)
     breaches = [r for r in results if not r.passed]
-    if problems:
+    if incomplete is not None:
+        verdict, exit_code = "incomplete", EXIT_INVALID
+    elif problems:
         verdict, exit_code = "invalid", EXIT_INVALID
     elif breaches:
         verdict, exit_code = "slo_breach", EXIT_SLO_BREACH
@@ -137,9 +179,12 @@ def build(
         "errors": {"total": sum(by_code.values()), "by_code": dict(sorted(by_code.items()))},
         "disconnects": {"count": sum(disconnects.values()),
                         "by_close_code": dict(sorted(disconnects.items()))},
-        "counters": collector.counters(),
+        "counters": counters,
+        "messages": messages,
+        "users_stopped": stops,
         "generators": generators,
-        "validity": {"valid": not problems, "problems": problems, "warnings": warnings},
+        "validity": {"valid": not problems, "complete": incomplete is None, "problems": problems,
+                     "warnings": warnings},
         "slo": {
             "file": slo_file,
             "passed": not breaches,
@@ -153,6 +198,27 @@ def build(
         "exit_code": exit_code,
     }
     return summary, results, merged
+
+
+def message_rates(counters: Mapping[str, int], run: Mapping[str, Any]) -> dict[str, Any]:
+    """Planned against sent against delivered, as counts and as messages per second over the send
+    schedule (``run.duration_s``), as wrk2 shows the rate it asked for beside the one it got.
+
+    ``planned`` counts the messages the users' schedules had due (a user's schedule starts once
+    it is connected); ``planned_per_s`` is the rate asked for (per user, times users).
+    """
+    window = float(run.get("duration_s") or 0.0)
+    rate, users = run.get("rate_per_user"), run.get("users")
+    asked = float(rate) * users if isinstance(rate, int | float) and isinstance(users, int) else None
+
+    def per_s(n: int) -> float | None:
+        return round(n / window, 3) if window > 0 else None
+
+    counts = {name: int(counters.get(name, 0)) for name in ("planned", "sent", "delivered", "undelivered",
+                                                             "no_delivery", "sends_skipped")}
+    return {**counts, "window_s": round(window, 3), "planned_per_s": asked,
+            "due_per_s": per_s(counts["planned"]), "sent_per_s": per_s(counts["sent"]),
+            "delivered_per_s": per_s(counts["delivered"])}
 
 
 def write(out_dir: Path, collector: Collector, summary: Mapping[str, Any], results: Sequence[ThresholdResult],
@@ -176,7 +242,8 @@ def write(out_dir: Path, collector: Collector, summary: Mapping[str, Any], resul
     written.append(timeline)
     junit = out_dir / JUNIT_FILE
     junit.write_bytes(junit_xml(results, validity_problems=summary["validity"]["problems"],
-                                duration_s=float(summary["run"].get("duration_s", 0.0))))
+                                duration_s=float(summary["run"].get("duration_s", 0.0)),
+                                incomplete=summary["verdict"] == "incomplete"))
     written.append(junit)
     path = out_dir / SUMMARY_FILE
     write_json(path, {**summary, "files": sorted(p.name for p in [*written, path])})
@@ -212,6 +279,21 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     by_code = ", ".join(f"{code} {n}" for code, n in errors.get("by_code", {}).items()) or "none"
     lines.append(f"  errors: {errors.get('total', 0)} ({by_code}); "
                  f"disconnects: {disconnects.get('count', 0)}")
+    messages = summary.get("messages")
+    if isinstance(messages, dict):
+        def rate(key: str) -> str:
+            value = messages.get(key)
+            return f"{value:,.1f}/s" if isinstance(value, int | float) else "-/s"
+
+        if summary.get("verdict") == "incomplete":
+            missing = (f"not drained (interrupted): in flight at the end "
+                       f"{summary.get('counters', {}).get('in_flight_at_end', 0):,}")
+        else:
+            missing = (f"undelivered after the {run.get('drain_s', '?')} s drain: "
+                       f"{messages.get('undelivered', 0):,}")
+        lines.append(f"  messages: planned {rate('planned_per_s')} ({messages.get('planned', 0):,} due), "
+                     f"sent {rate('sent_per_s')} ({messages.get('sent', 0):,}), delivered "
+                     f"{rate('delivered_per_s')} ({messages.get('delivered', 0):,}); {missing}")
     for generator in summary.get("generators", []):
         cpu = generator.get("cpu") or {}
         if cpu:
@@ -229,13 +311,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append(f"  SLO {slo.get('file')}: {len(results) - len(failed)} of {len(results)} "
                      "thresholds passed")
     validity = summary.get("validity", {})
+    label = "INCOMPLETE" if summary.get("verdict") == "incomplete" else "INVALID"
     for problem in validity.get("problems", []):
-        lines.append(f"  INVALID: {problem}")
+        lines.append(f"  {label}: {problem}")
     for warning in validity.get("warnings", []):
         lines.append(f"  warning: {warning}")
     verdict = summary.get("verdict")
-    names = {"pass": "PASS", "slo_breach": "FAIL (SLO breach)", "invalid": "INVALID RUN",
-             "usage_error": "NOT RUN (usage error)"}
-    shown = names.get(str(verdict), "?")
+    shown = VERDICT_NAMES.get(str(verdict), "?")
     lines.append(f"queuechat load: {shown}, exit code {summary.get('exit_code')}")
     return "\n".join(lines)

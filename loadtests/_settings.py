@@ -20,6 +20,8 @@ from ._cpu import DEFAULT_LIMIT_PERCENT, DEFAULT_MIN_SUSTAINED_S, DEFAULT_SAMPLE
 
 TEXT_MARK = "qc-load-text "  # load messages are this, repeated: recognisable, and never real text
 PATIENT_NAME = "QC Load Patient"  # likewise for names
+DEFAULT_DRAIN_S = 3.0
+MAX_DRAIN_S = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +32,7 @@ class Settings:
     action_interval_s: float = 1.0  # between the clinician's actions (open_chat, a call)
     call_s: float = 1.0  # how long a call lasts (chat goes on meanwhile)
     timeout_s: float = 30.0  # an answer or a delivery later than this is an error
+    drain_s: float = DEFAULT_DRAIN_S  # after the schedule ends: how long late deliveries may still land
     secret: str = DEVELOPMENT_SECRET
     interval_s: float = 1.0  # HdrHistogram interval log resolution
     out: str | None = None
@@ -61,6 +64,8 @@ class Settings:
             out.append("--qc-cpu-limit must be greater than 0")
         if not 0 <= self.cpu_sustained_fraction <= 1:
             out.append("--qc-cpu-sustained must be between 0 and 1")
+        if not 0 <= self.drain_s <= MAX_DRAIN_S:
+            out.append(f"--qc-drain must be between 0 and {MAX_DRAIN_S:g} seconds")
         if self.progress_s < 0:
             out.append("--qc-progress must not be negative")
         if self.seed is not None and self.seed < 0:
@@ -112,6 +117,9 @@ OPTIONS: dict[str, tuple[str, type, str]] = {
                         "(open_chat, a call)."),
     "call": ("call_s", float, "Seconds a call lasts."),
     "timeout": ("timeout_s", float, "Seconds after which a missing answer or delivery counts as an error."),
+    "drain": ("drain_s", float, "Seconds after the send schedule ends during which late deliveries still "
+              "count (no new sends); every message still missing then is an 'undelivered' error, recorded "
+              "with the latency it reached."),
     "interval": ("interval_s", float, "Seconds per interval in the HdrHistogram interval log (.hlog)."),
     "out": ("out", str, "Folder for the results (.hgrm, .hlog, JSON, JUnit XML); default: the folder "
             "of --csv, else none."),

@@ -207,7 +207,7 @@ def evaluate(thresholds: Sequence[Threshold], results: Mapping[str, EntryResult]
 
 
 def junit_xml(results: Sequence[ThresholdResult], *, validity_problems: Sequence[str],
-              duration_s: float, suite: str = "queuechat.load") -> bytes:
+              duration_s: float, suite: str = "queuechat.load", incomplete: bool = False) -> bytes:
     """One test case per threshold, plus one for the run's validity; what every CI system reads."""
     failures = sum(1 for r in results if not r.passed)
     errors = 1 if validity_problems else 0
@@ -217,7 +217,8 @@ def junit_xml(results: Sequence[ThresholdResult], *, validity_problems: Sequence
                        errors=str(errors), skipped="0", time=f"{duration_s:.3f}")
     case = ET.SubElement(ts, "testcase", classname=f"{suite}.run", name="the run is valid", time="0")
     if validity_problems:
-        error = ET.SubElement(case, "error", message="; ".join(validity_problems), type="InvalidRun")
+        error = ET.SubElement(case, "error", message="; ".join(validity_problems),
+                              type="IncompleteRun" if incomplete else "InvalidRun")
         error.text = "\n".join(validity_problems)
     for result in results:
         case = ET.SubElement(ts, "testcase", classname=f"{suite}.slo.{result.threshold.entry}",

@@ -13,6 +13,18 @@ in this one process: ``client_ts`` carries the intended time (integer
 microseconds since the epoch) and is the key that matches a delivery to
 its send.
 
+When the test stops, the schedule stops first and a drain window follows
+(``--qc-drain``, bounded): late deliveries still land; every message
+missing after it is an ``undelivered`` error *and* a sample of the
+corrected histogram with the latency it has at least reached (from its
+intended send time to the end of the window), so that a stall near the end
+shows in the percentiles as it would mid-run. Messages older than the
+timeout (``no_delivery``) are recorded the same way.
+
+A user that cannot go on (the server refuses or drops every connection, or
+refuses the clinician's token) stops, and says when and why: the process
+state records it, and the run is invalid.
+
 Each user draws from a random stream of its own, derived from the run's
 seed (``--qc-seed``), its worker's index and its number in that process,
 so that the same seed gives the same schedule. The users and the connections
@@ -25,6 +37,7 @@ Trio or the server.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import random
 import secrets
@@ -42,7 +55,15 @@ from locust.exception import StopUser
 
 from reference_server.protocol import clinician_token
 
-from ._client import Connection, Disconnected, LoadTestError, NoAnswer, ServerError, encode_json
+from ._client import (
+    UNAUTHORIZED,
+    Connection,
+    Disconnected,
+    LoadTestError,
+    NoAnswer,
+    ServerError,
+    encode_json,
+)
 from ._hdr import (
     CALL_START,
     CHECK_IN,
@@ -114,10 +135,14 @@ class RoomClient:
         self.pending: dict[int, tuple[float, float, int, int, str | None]] = {}
         self.limits: dict[str, Any] | None = None
         self.stopping = False
+        self.sending_stopped = False  # the schedule has ended (the drain window, or the test stopping)
+        self.schedule_start: float | None = None  # perf_counter of message 0's due time
+        self.schedule_end: float | None = None
         self._greenlets: list[gevent.Greenlet] = []
         self._next_slot_index = 0
         self._last_key = 0
         self.connect_failures = 0
+        self.on_give_up: Callable[[str], None] | None = None  # the process state's record of stopped users
         LIVE_CLIENTS.add(self)
 
     # ------------------------------------------------------------------ reporting
@@ -160,9 +185,7 @@ class RoomClient:
         conn.expect_close = True  # before welcome, an error comes with a close: no disconnect to count
         try:
             conn.connect()
-            welcome, at, size = conn.request(frame, timeout_s=self.settings.timeout_s, what="welcome")
-            if welcome.get("type") != "welcome":
-                raise ServerError("no_welcome")
+            welcome, at, size = conn.hello(frame, timeout_s=self.settings.timeout_s)
         except LoadTestError as error:
             conn.close()
             self._failure(entry, error, perf_counter() - started)
@@ -226,7 +249,12 @@ class RoomClient:
                     slot.drained.set()
 
     def ensure_connected(self) -> None:
-        """Reconnect what dropped: the clinician, and patients whose connection ended."""
+        """Reconnect what dropped: the clinician, and patients whose connection ended.
+
+        A refused clinician token stops the user at once (no retry can help); so do
+        ``MAX_CONNECT_FAILURES`` failed connects in a row. Either way the user says why
+        (:meth:`give_up`) before it stops.
+        """
         try:
             if self.clinician is None or not self.clinician.open:
                 self.connect_clinician()
@@ -234,12 +262,29 @@ class RoomClient:
                 if slot.conn is None or not slot.conn.open:
                     slot.sending = False
                     self.check_in(slot)
-        except LoadTestError:
-            self.connect_failures += 1
-            if self.connect_failures >= MAX_CONNECT_FAILURES:
-                raise StopUser() from None
+        except ServerError as error:
+            if error.code == "unauthorized":
+                self.give_up(UNAUTHORIZED)
+            self._connect_failed(error)
+            raise
+        except LoadTestError as error:
+            self._connect_failed(error)
             raise
         self.connect_failures = 0
+
+    def _connect_failed(self, error: LoadTestError) -> None:
+        self.connect_failures += 1
+        if self.connect_failures >= MAX_CONNECT_FAILURES:
+            self.give_up(f"{error} ({MAX_CONNECT_FAILURES} connects in a row failed)")
+
+    def give_up(self, reason: str) -> None:
+        """Stop this user, after saying why (the run is invalid: it did not hold the planned load). What it
+        still waited for will not arrive: ``undelivered``."""
+        self.end_schedule()
+        self.expire_pending("undelivered")
+        if self.on_give_up is not None:
+            self.on_give_up(reason)
+        raise StopUser()
 
     def start(self) -> None:
         """Connect everyone, then start the schedule and the sweeper."""
@@ -247,7 +292,40 @@ class RoomClient:
         self._greenlets.append(gevent.spawn(self._schedule_forever))
         self._greenlets.append(gevent.spawn(self._sweep_forever))
 
+    def end_schedule(self) -> None:
+        """No new sends from now on; count the messages the schedule had planned until now (once)."""
+        if self.sending_stopped:
+            return
+        self.sending_stopped = True
+        self.schedule_end = perf_counter()
+        start = self.schedule_start
+        if start is not None and self.schedule_end > start:
+            period = 1.0 / self.settings.rate_per_user
+            self.recorder.count("planned", math.ceil((self.schedule_end - start) / period))
+
+    def expire_pending(self, code: str) -> int:
+        """Every message not delivered by now is an error ``code`` and a corrected sample with the latency
+        it has at least reached; returns how many."""
+        now = perf_counter()
+        expired = 0
+        for key in list(self.pending):
+            item = self._forget(key)
+            if item is not None:
+                self._lost(item, now, code)
+                expired += 1
+        return expired
+
+    def _lost(self, item: tuple[float, float, int, int, str | None], now: float, code: str) -> None:
+        intended, sent, direction, _, _ = item
+        entry = _DIRECTION_ENTRY[direction]
+        if self.recorder.closed:
+            return
+        self.recorder.record(entry, (now - intended) * 1e6, (now - sent) * 1e6)
+        self.recorder.count(code)
+        self._failure(entry, _Lost(code, now - intended), now - intended)
+
     def stop(self) -> None:
+        self.end_schedule()
         self.stopping = True
         current = gevent.getcurrent()
         gevent.killall([g for g in self._greenlets if g is not current], block=True, timeout=2.0)
@@ -282,14 +360,17 @@ class RoomClient:
         """Send message k at ``start + k / rate``, whatever happened to the ones before (open model)."""
         period = 1.0 / self.settings.rate_per_user
         start = perf_counter() + self.rng.random() * period  # users do not send in step (seeded)
+        self.schedule_start = start
         for k in itertools.count():
-            if self.stopping:
+            if self.stopping or self.sending_stopped:
                 return
             due = start + k * period
             delay = due - perf_counter()
             while delay > 0:
                 gevent.sleep(delay)
                 delay = due - perf_counter()
+            if self.sending_stopped:
+                return
             self._send_scheduled(due, from_patient=(k & 1) == 0)
             if delay < -period and k % 32 == 31:
                 gevent.sleep(0)  # catching up: let the readers run
@@ -312,6 +393,8 @@ class RoomClient:
         except Disconnected:
             self._forget(key)
             self.recorder.count("sends_skipped")
+            return
+        self.recorder.count("sent")
 
     def _forget(self, key: int) -> tuple[float, float, int, int, str | None] | None:
         item = self.pending.pop(key, None)
@@ -333,6 +416,7 @@ class RoomClient:
             self.recorder.count("deliveries_unmatched")
             return
         intended, sent, direction, _, _ = item
+        self.recorder.count("delivered")
         self._success(_DIRECTION_ENTRY[direction], at - intended, size, uncorrected_s=at - sent)
 
     def _send_error(self, ref: str, code: str) -> None:
@@ -341,16 +425,19 @@ class RoomClient:
         self._failure(entry, ServerError(code))
 
     def _sweep_forever(self) -> None:
-        """Deliveries later than the timeout are errors (``no_delivery``); checked every second."""
+        """Deliveries later than the timeout are errors (``no_delivery``), and samples with the latency
+        they reached; checked every second."""
         timeout = self.settings.timeout_s
         while not self.stopping:
             gevent.sleep(1.0)
-            limit = perf_counter() - timeout
-            for key, (intended, _, direction, _, _) in list(self.pending.items()):
+            now = perf_counter()
+            limit = now - timeout
+            for key, (intended, _, _, _, _) in list(self.pending.items()):
                 if intended > limit:
                     break  # keys are in schedule order
-                self._forget(key)
-                self._failure(_DIRECTION_ENTRY[direction], _NoDelivery(timeout))
+                item = self._forget(key)
+                if item is not None:
+                    self._lost(item, now, "no_delivery")
 
     # ------------------------------------------------------------------ the clinician's actions
 
@@ -409,11 +496,13 @@ class RoomClient:
         self.check_in(slot)
 
 
-class _NoDelivery(LoadTestError):
-    code = "no_delivery"
+class _Lost(LoadTestError):
+    """A message that did not arrive: ``no_delivery`` (past the timeout) or ``undelivered`` (missing
+    when the drain window ended)."""
 
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__(f"not delivered within {timeout_s:g} s")
+    def __init__(self, code: str, waited_s: float) -> None:
+        super().__init__(f"{code.replace('_', ' ')}: not delivered after {waited_s:.3f} s")
+        self.code = code
 
 
 def _ignore_event(obj: dict[str, Any], at: float) -> None:
@@ -432,6 +521,8 @@ class QueueChatUser(User):
         state = process_state(environment)
         rng = user_random(state.seed, state.worker_index(), state.next_user_number())
         self.client = RoomClient(environment, self.host or "", state.settings, state.recorder, rng)
+        self.client.on_give_up = state.user_gave_up
+        self.gave_up = False  # could not start: stops at its first task (quietly, unlike in on_start)
 
     def start(self, group: Any) -> Any:
         """Count the user as running from now until its greenlet ends, however it ends (the timeline's
@@ -443,15 +534,21 @@ class QueueChatUser(User):
         return greenlet
 
     def on_start(self) -> None:
+        """Connect the room. A user that cannot start stops at its first task: Locust logs a traceback for
+        a StopUser raised here, and the reason has been said once already."""
         if host_problem(self.client.url, allow_remote=self.client.settings.allow_remote) is not None:
-            raise StopUser()  # said once by the plugin at the start of the test
-        for attempt in range(MAX_CONNECT_FAILURES):
-            try:
-                self.client.start()
-                return
-            except LoadTestError:
-                gevent.sleep(min(1.0 * (attempt + 1), self.client.settings.action_interval_s * 2))
-        raise StopUser()
+            self.gave_up = True  # said once by the plugin at the start of the test
+            return
+        try:
+            for attempt in range(MAX_CONNECT_FAILURES):
+                try:
+                    self.client.start()
+                    return
+                except LoadTestError:
+                    gevent.sleep(min(1.0 * (attempt + 1), self.client.settings.action_interval_s * 2))
+            self.client.give_up("could not connect")  # not reached: the last failure gives up already
+        except StopUser:  # a refused token, or too many failures in a row: said by give_up
+            self.gave_up = True
 
     def on_stop(self) -> None:
         self.client.stop()
@@ -469,6 +566,10 @@ class RoomUser(QueueChatUser):
 
     @task
     def act(self) -> None:
+        if self.gave_up:
+            raise StopUser()
+        if self.client.sending_stopped:
+            return  # the drain window: nothing new is started
         try:
             self.client.ensure_connected()
         except LoadTestError:

@@ -34,6 +34,7 @@ class ConformanceOptions:
     max_connections: int = 100
     max_wait_s: float = 12.0
     grace_s: float = 1.0
+    connect_timeout_s: float = 5.0
     quiet: bool = False
 
 
@@ -95,6 +96,7 @@ def run_conformance(options: ConformanceOptions) -> int:
                 grace_s=options.grace_s,
                 max_connections=options.max_connections,
                 max_wait_s=options.max_wait_s,
+                connect_timeout_s=options.connect_timeout_s,
             )
         )
     except SuiteError as error:

@@ -7,7 +7,11 @@ Here: check the options, start the server (or check the one given), read
 its limits from a clinician's welcome, run Locust with a deadline, show
 its progress lines, print the summary it wrote, and return the exit code:
 
-    0 pass, 1 SLO breach, 2 usage or connection error, 3 invalid run.
+    0 pass, 1 SLO breach (fail), 2 usage or connection error,
+    3 invalid run, or incomplete run (interrupted, or Locust overran its deadline).
+
+An interrupted run (Ctrl-C, SIGTERM) stops Locust, which writes its results
+marked incomplete; they are shown, and the exit code is 3.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import websocket
 
 import loadtests
 from loadtests._report import EXIT_INVALID, EXIT_USAGE, SUMMARY_FILE, format_summary
-from loadtests._settings import Settings, is_loopback_host
+from loadtests._settings import DEFAULT_DRAIN_S, Settings, is_loopback_host
 from loadtests._slo import SloError, load_thresholds
 from reference_server.protocol import (
     DEVELOPMENT_SECRET,
@@ -80,6 +84,7 @@ class LoadOptions:
     locustfile: Path = SHIPPED_LOCUSTFILE
     progress_s: float = 3.0
     seed: int | None = None  # the users' start offsets; None: :func:`run` picks one (and says which)
+    drain_s: float = DEFAULT_DRAIN_S  # after the send schedule: late deliveries still count
 
 
 # --------------------------------------------------------------------------- checks
@@ -118,9 +123,11 @@ def check_options(options: LoadOptions) -> None:
     if options.url is not None:
         check_url(options.url, allow_remote=options.allow_remote)
     problems = Settings(rate_per_user=options.rate / options.users, patients=options.patients,
-                        text_chars=options.text_chars, secret=options.secret or DEVELOPMENT_SECRET).problems()
+                        text_chars=options.text_chars, secret=options.secret or DEVELOPMENT_SECRET,
+                        drain_s=options.drain_s).problems()
     if problems:
-        raise LoadUsageError("; ".join(p.replace("--qc-rate", "--rate") for p in problems))
+        raise LoadUsageError("; ".join(p.replace("--qc-rate", "--rate").replace("--qc-drain", "--drain")
+                                       for p in problems))
     if options.slo is not None:
         try:
             load_thresholds(options.slo)
@@ -326,7 +333,9 @@ def locust_command(options: LoadOptions, url: str) -> list[str]:
         "--loglevel", "INFO",
         "--qc-rate", repr(per_user), "--qc-patients", str(options.patients),
         "--qc-text-chars", str(options.text_chars), "--qc-out", str(options.out),
-        "--qc-progress", f"{options.progress_s:g}",
+        "--qc-progress", f"{options.progress_s:g}", "--qc-drain", f"{options.drain_s:g}",
+        # The run's exit code is its summary's (SLOs decide about errors), not Locust's error rule.
+        "--exit-code-on-error", "0",
     ]
     if options.slo is not None:
         command += ["--qc-slo", str(options.slo)]
@@ -363,7 +372,7 @@ def run_locust(options: LoadOptions, url: str, secret: str, *, echo: Any) -> int
     backend = gevent_backend(options)
     if backend is not None:
         env["GEVENT_BACKEND"] = backend
-    deadline_s = options.duration_s + LOCUST_GRACE_S
+    deadline_s = options.duration_s + options.drain_s + LOCUST_GRACE_S
     log_path = options.out / "locust.log"
     with open(log_path, "w", encoding="utf-8") as log:
         process = subprocess.Popen(die_with_parent(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -385,7 +394,15 @@ def run_locust(options: LoadOptions, url: str, secret: str, *, echo: Any) -> int
                     echo(line.rstrip("\n"))
             code = process.wait()
         except KeyboardInterrupt:
-            _stop(process, timeout_s=10.0)
+            echo("queuechat load: interrupted; stopping Locust (it writes the results, marked incomplete)")
+            watchdog.cancel()
+            try:
+                _stop(process, timeout_s=10.0)
+                for line in process.stdout or ():  # what it says while it stops, the summary included
+                    log.write(line)
+            except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
             raise
         finally:
             watchdog.cancel()
@@ -439,6 +456,8 @@ def run(options: LoadOptions, *, echo: Any = print) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         echo("queuechat load: interrupted; the run is incomplete")
+        with contextlib.suppress(OSError, ValueError):
+            echo(format_summary(json.loads(summary_path.read_text(encoding="utf-8"))))
         return EXIT_INVALID
     try:
         summary = json.loads(summary_path.read_text(encoding="utf-8"))

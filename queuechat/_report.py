@@ -1,7 +1,8 @@
 """``queuechat report``: a load run's or a simulation's report, or two load runs compared.
 
 Exit codes: 0 written (with --compare: no regression), 1 --compare found a regression, 2 usage
-error or unreadable input, 3 --compare was inconclusive (a run is invalid, or nothing could be judged).
+error or unreadable input, 3 --compare was inconclusive (a run is invalid or incomplete, or nothing could
+be judged) or the runs are not comparable (different settings, without --force).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def report(
     floor_ms: float,
     min_samples: int,
     junit: Path | None,
+    force: bool = False,
 ) -> None:
     from reports import RegressionBounds, ReportError, write_comparison, write_load_report
     from reports._compare import format_comparison
@@ -86,7 +88,7 @@ def report(
                 figure=figure, max_increase_pct=max_regression, floor_ms=floor_ms, min_samples=min_samples
             )
             target = out if out is not None else candidate / "compare"
-            result = write_comparison(baseline, candidate, target, bounds, junit)
+            result = write_comparison(baseline, candidate, target, bounds, junit, force=force)
             click.echo(format_comparison(result.comparison))
             _written(result.report.html, len(result.report.pngs))
             click.echo(f"queuechat report: verdict as JUnit XML in {result.junit.resolve()}")

@@ -7,6 +7,7 @@ import sys
 
 import trio
 
+from queuechat._links import page_lines
 from reference_server._logging import configure_logging, get_logger
 from reference_server.protocol import Limits
 from reference_server.server import QueueChatServer
@@ -18,6 +19,8 @@ async def _serve_until_signal(server: QueueChatServer, host: str, port: int) -> 
             url = await nursery.start(lambda task_status: server.serve(host=host, port=port,
                                                                        task_status=task_status))
             print(f"queuechat serve: ready on {url}", flush=True)
+            for line in page_lines(url):
+                print(line, flush=True)
             async for signum in signals:
                 get_logger("queuechat.serve").info("server.signal", signal=signal.Signals(signum).name)
                 await server.shutdown()

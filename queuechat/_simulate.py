@@ -1,8 +1,13 @@
 """``queuechat simulate`` and ``queuechat check``: run a scenario, write its history, report what broke.
 
-Exit codes: 0 no violation, 1 violations found, 2 usage or scenario error
-(also: a history that cannot be read, a server at ``--url`` that cannot be
-reached).
+Exit codes (docs/simulator.md):
+0 no violation (liveness judged, or plainly said not judged);
+1 violations: the server broke a rule;
+2 the run could not do what it set out to do: a usage or scenario error, a
+  server at ``--url`` that cannot be reached, a wrong secret or path, limits
+  that refuse every clinician's hello, a history that cannot be read;
+3 incomplete: interrupted, or the server went away part-way.
+A run that ends with 2 or 3 never reports the server's violations.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from simulator._checker import MAX_SHOWN_PER_RULE
 EXIT_OK = 0
 EXIT_VIOLATIONS = 1
 EXIT_USAGE = 2
+EXIT_INCOMPLETE = 3
 
 
 def _fail(message: str) -> None:
@@ -58,12 +64,31 @@ def _progress(total_s: float, label: str, enabled: bool) -> tuple[Any, Any]:
         if done > shown[0]:
             bar.update(done - shown[0])
             shown[0] = done
+            if done == total:
+                bar.refresh()  # tqdm skips updates closer than its interval: the last one is shown
 
     return update, bar
 
 
+def _only_with_url(url: str | None, secret: str | None, allow_remote: bool) -> None:
+    """``--secret`` and ``--allow-remote`` mean something only with ``--url``: say so, do not ignore them.
+    (A secret that only comes from QUEUECHAT_SECRET is the environment's, not a mistake on this line.)"""
+    if url is not None:
+        return
+    if allow_remote:
+        _fail("--allow-remote applies only with --url (in-process runs need no network)")
+    if secret is not None and secret != os.environ.get("QUEUECHAT_SECRET"):
+        _fail("--secret applies only with --url (the in-process server has its own secret)")
+
+
 def simulate(scenario_name: str, seed: int | None, duration: str | None, url: str | None, secret: str | None,
-             allow_remote: bool, out: str, progress: bool | None, quiet: bool, jobs: int = 1) -> None:
+             allow_remote: bool, out: str, progress: bool | None, quiet: bool, jobs: int = 1,
+             speed: float = 1.0) -> None:
+    _only_with_url(url, secret, allow_remote)
+    if speed != 1.0 and url is None:
+        _fail("--speed applies only with --url (in-process runs are in virtual time already)")
+    if not speed >= 1.0:
+        _fail(f"--speed: expected a number of at least 1, got {speed!r}")
     try:
         scenario = load_scenario(scenario_name)
     except ScenarioError as error:
@@ -87,15 +112,32 @@ def simulate(scenario_name: str, seed: int | None, duration: str | None, url: st
         _fail(f"--out: cannot create {out_dir}: {error.strerror or error}")
     path = out_dir / history_name(scenario)
     show = progress if progress is not None else sys.stderr.isatty()
-    update, bar = _progress(scenario.duration_s, scenario.name, show and jobs == 1)
+    update, bar = _progress(scenario.duration_s, scenario.name, show)
     try:
         if url is None:
             from reference_server._logging import configure_logging
 
-            configure_logging("warning")
+            # the in-process server's own warnings (a slow reader dropped...) are part of the scenario
+            configure_logging("error" if quiet else "warning")
             result = run_in_process(scenario, path, progress=update, jobs=jobs)
         else:
-            result = _over_sockets(scenario, url, secret, allow_remote, path, update)
+            result = _over_sockets(scenario, url, secret, allow_remote, path, update, speed)
+        if update is not None and result.outcome == "complete":
+            update(scenario.duration_s)  # the bar ends full: its last minute is not left out
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        click.echo(f"queuechat: interrupted: the run is incomplete; nothing was judged ({path} is partial)",
+                   err=True)
+        sys.exit(EXIT_INCOMPLETE)
+    except BaseExceptionGroup as group:  # Trio's nurseries group what their tasks raised
+        if group.subgroup(KeyboardInterrupt) is None:
+            raise
+        if bar is not None:
+            bar.close()
+        click.echo(f"queuechat: interrupted: the run is incomplete; nothing was judged ({path} is partial)",
+                   err=True)
+        sys.exit(EXIT_INCOMPLETE)
     finally:
         if bar is not None:
             bar.close()
@@ -104,11 +146,19 @@ def simulate(scenario_name: str, seed: int | None, duration: str | None, url: st
     summary_path.write_text(json.dumps(_summary_document(result), indent=2) + "\n", encoding="utf-8")
     if not quiet:
         click.echo(f"history: {path}\nsummary: {summary_path}")
-    sys.exit(EXIT_VIOLATIONS if result.violations else EXIT_OK)
+    sys.exit(_exit_code(result))
+
+
+def _exit_code(result: RunResult) -> int:
+    if result.outcome == "failed":
+        return EXIT_USAGE
+    if result.outcome == "incomplete" or not result.summary.complete:
+        return EXIT_INCOMPLETE
+    return EXIT_VIOLATIONS if result.violations else EXIT_OK
 
 
 def _over_sockets(scenario: Scenario, url: str, secret: str | None, allow_remote: bool, path: Path,
-                  update: Any) -> RunResult:
+                  update: Any, speed: float = 1.0) -> RunResult:
     from simulator import parse_url
 
     from .cli import is_loopback_host
@@ -130,7 +180,7 @@ def _over_sockets(scenario: Scenario, url: str, secret: str | None, allow_remote
             pass
     except OSError as error:
         _fail(f"--url: cannot reach {host}:{port}: {error.strerror or error}")
-    return run_over_sockets(scenario, url, path, secret=secret, progress=update)
+    return run_over_sockets(scenario, url, path, secret=secret, progress=update, speed=speed)
 
 
 def check(history: str, quiet: bool) -> None:
@@ -139,8 +189,8 @@ def check(history: str, quiet: bool) -> None:
     except HistoryError as error:
         _fail(str(error))
         return
-    _report(result, sys.stdout, quiet=quiet)
-    sys.exit(EXIT_VIOLATIONS if result.violations else EXIT_OK)
+    _report(result, sys.stdout, quiet=quiet, checked=True)
+    sys.exit(_exit_code(result))
 
 
 def _run_meta(wall_s: float) -> dict[str, Any]:
@@ -162,6 +212,10 @@ def _summary_document(result: RunResult) -> dict[str, Any]:
         "scenario": result.scenario,
         "seed": result.seed,
         "mode": result.mode,
+        "jobs": result.jobs,
+        "outcome": result.outcome,
+        "reason": result.reason,
+        "exit_code": _exit_code(result),
         "wall_s": round(result.wall_s, 3),
         "run_s": round(result.virtual_s, 3),
         "summary": result.summary.as_dict(),
@@ -172,25 +226,57 @@ def _summary_document(result: RunResult) -> dict[str, Any]:
     }
 
 
-def _report(result: RunResult, stream: TextIO, *, quiet: bool = False) -> None:
+def _report(result: RunResult, stream: TextIO, *, quiet: bool = False, checked: bool = False) -> None:
+    """The run (or the check) in a few lines; then each violation with the history lines around it."""
     summary = result.summary.as_dict()
     write = stream.write
+    if result.outcome != "complete":
+        what = "could not run" if result.outcome == "failed" else "incomplete"
+        write(f"{result.scenario} seed {result.seed} ({result.mode}): {what}: {result.reason}\n")
+        write("  violations: not judged (the run did not do what it set out to do)\n")
+        return
     if not quiet:
         kind = "virtual" if result.mode == "virtual" else "real"
-        write(f"{result.scenario} seed {result.seed} ({result.mode}): {_span(result.virtual_s)} of "
-              f"{kind} time in {result.wall_s:.1f} s\n")
+        if checked:
+            write(f"{result.scenario} seed {result.seed} ({result.mode}): {_span(result.virtual_s)} of "
+                  f"{kind} time, {summary['records']} records checked in {result.wall_s:.1f} s\n")
+        else:
+            jobs = f", {result.jobs} processes" if result.jobs > 1 else ""
+            write(f"{result.scenario} seed {result.seed} ({result.mode}): {_span(result.virtual_s)} of "
+                  f"{kind} time in {result.wall_s:.1f} s{jobs}\n")
         p2c, c2p = summary["messages_patient_to_clinician"], summary["messages_clinician_to_patient"]
         waits = summary["wait_to_first_answer_s"]
         write(f"  patients: {summary['patients']} checked in, {summary['patients_served']} served "
               f"(answered or called)\n")
         write(f"  messages: patient->clinician {p2c['sent']} sent, {p2c['delivered']} delivered; "
               f"clinician->patient {c2p['sent']} sent, {c2p['delivered']} delivered\n")
-        write(f"  wait to first answer: p50 {waits['p50']} s, p90 {waits['p90']} s, max {waits['max']} s, "
-              f"never answered {waits['unanswered']}\n")
+        if waits["p50"] is None:
+            write(f"  wait to first answer: no patient was answered (never answered {waits['unanswered']})\n")
+        else:
+            write(f"  wait to first answer: p50 {waits['p50']} s, p90 {waits['p90']} s, "
+                  f"max {waits['max']} s, never answered {waits['unanswered']}\n")
         write(f"  erasures by reason: {_counts(summary['erasures_by_reason'])}\n")
         write(f"  departures by reason: {_counts(summary['departures_by_reason'])}\n")
         write(f"  faults: {_counts(summary['faults'])}; server closes by code: "
               f"{_counts(summary['server_closes_by_code'])}\n")
+        exercised = summary.get("exercised")
+        if isinstance(exercised, dict):
+            done = {rule: n for rule, n in exercised.items() if n}
+            never = [rule for rule, n in exercised.items() if not n]
+            write(f"  rules exercised: {_counts(done)}\n")
+            write(f"  rules exercised zero times: {', '.join(never) if never else 'none'}\n")
+        notes = summary.get("notes_by_rule")
+        if isinstance(notes, dict) and notes:
+            write(f"  notes (the protocol leaves these open; not violations): {_counts(notes)}\n")
+    liveness = summary.get("liveness")
+    if isinstance(liveness, dict):
+        if liveness.get("judged"):
+            bound = liveness.get("bound_ms")
+            within = f" (every waiting patient answered within {bound / 1000:.0f} s)" if isinstance(
+                bound, int | float) else ""
+            write(f"  liveness: judged{within}\n")
+        else:
+            write(f"  liveness: not judged: {liveness.get('reason')}\n")
     violations = result.violations
     write(f"  violations by rule: {_counts(summary['violations_by_rule']) if violations else 'none'}\n")
     if not violations:
@@ -213,7 +299,8 @@ def _report(result: RunResult, stream: TextIO, *, quiet: bool = False) -> None:
             write(f"  {number}: {lines.get(number, '')}\n")
     hidden = len(violations) - len(chosen)
     if hidden:
-        write(f"\n({hidden} more violation(s) not shown; see the summary file)\n")
+        where = "" if checked else "; every one is in the summary file"
+        write(f"\n({hidden} more violation(s) not shown{where})\n")
 
 
 def _span(seconds: float) -> str:

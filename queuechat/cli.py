@@ -2,7 +2,8 @@
 so that the load tests' gevent never shares a process with Trio.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error (``queuechat load``: 0 pass,
-1 SLO breach, 2 usage or connection error, 3 invalid run).
+1 SLO breach, 2 usage or connection error, 3 invalid or incomplete run; ``queuechat report --compare``:
+3 also for runs that are not comparable).
 """
 
 from __future__ import annotations
@@ -145,13 +146,81 @@ def serve(host: str, port: int, secret: str | None, stats_interval_s: float | No
 @click.argument("room")
 @click.option("--secret", envvar="QUEUECHAT_SECRET", default=None,
               help="The server's secret (or QUEUECHAT_SECRET); default: the development secret.")
-def token(room: str, secret: str | None) -> None:
-    """Print the clinician token for ROOM."""
+@click.option("--console", "console", is_flag=True,
+              help="Print a link to the server's clinician console for ROOM (the token in the URL fragment, "
+                   "which a browser never sends), not the bare token.")
+@click.option("--url", default=None, metavar="ws://HOST:PORT/v1/ws",
+              help="With --console: the server's WebSocket endpoint (default ws://127.0.0.1:8765/v1/ws).")
+def token(room: str, secret: str | None, console: bool, url: str | None) -> None:
+    """Print the clinician token for ROOM (with --console: a ready console link)."""
     from reference_server.protocol import clinician_token
 
     if not re.fullmatch(ROOM_PATTERN.strip("^$"), room):
         raise click.UsageError(f"room must match {ROOM_PATTERN.strip('^$')}")
-    click.echo(clinician_token(secret if secret is not None else DEVELOPMENT_SECRET, room))
+    if secret is not None and not secret:
+        raise click.UsageError("the secret must not be empty")
+    value = clinician_token(secret if secret is not None else DEVELOPMENT_SECRET, room)
+    if not console:
+        if url is not None:
+            raise click.UsageError("--url goes with --console")
+        click.echo(value)
+        return
+    from ._links import LinkError, console_link
+
+    try:
+        click.echo(console_link(url or "ws://127.0.0.1:8765/v1/ws", room, value))
+    except LinkError as error:
+        raise click.UsageError(f"--url {error}") from None
+
+
+@main.command(context_settings={"show_default": True})
+@click.argument("scenario", default="demo")
+@click.option("--room", default="play", help="The room the patients check into.")
+@click.option("--host", default="127.0.0.1", help="Loopback address to listen on.")
+@click.option("--port", default=8765, type=click.IntRange(0, 65535), help="TCP port; 0 picks a free one.")
+@click.option("--duration", default="30m", help="Stop by itself after this long (at most 8h): 90s, 30m, 1h.")
+@click.option("--pace", default=3.0, type=click.FloatRange(0.1, 100.0),
+              help="Multiplies every patient time of the scenario (arrivals, message intervals, patience, "
+                   "replies): 3 is three times slower than the scenario, for a person at the keyboard.")
+@click.option("--max-patients", default=6, type=click.IntRange(1, 100),
+              help="Patients present at once, at most.")
+@click.option("--seed", default=None, type=click.IntRange(0, 2**63 - 1), show_default=False,
+              help="The patients' random seed (default: the scenario's).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="warning",
+              help="The server's structured logs (JSON lines) on stderr.")
+def play(scenario: str, room: str, host: str, port: int, duration: str, pace: float, max_patients: int,
+         seed: int | None, log_level: str) -> None:
+    """Play the clinician: start the reference server on loopback, print the console link, and let the
+    patients of SCENARIO (a simulator scenario) arrive and write; there is no simulated clinician.
+
+    Runs until Ctrl-C, or --duration (default 30m). Exit codes: 0 stopped, 1 the port cannot be bound,
+    2 usage error.
+    """
+    from simulator import ScenarioError, load_scenario
+
+    from ._play import MAX_DURATION_S, PlayOptions
+    from ._play import play as run_play
+
+    if not re.fullmatch(ROOM_PATTERN.strip("^$"), room):
+        raise click.UsageError(f"--room must match {ROOM_PATTERN.strip('^$')}")
+    if not is_loopback_host(host):
+        raise click.UsageError(f"--host {host!r}: play runs the server with the development secret, on a "
+                               "loopback address only")
+    match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?", duration.strip().lower())
+    if not duration.strip() or match is None or not any(match.groups()):
+        raise click.UsageError(f"--duration {duration!r}: use seconds or a span such as 90s, 30m, 1h")
+    hours, minutes, secs = (int(g) if g else 0 for g in match.groups())
+    duration_s = hours * 3600 + minutes * 60 + secs
+    if not 1 <= duration_s <= MAX_DURATION_S:
+        raise click.UsageError(f"--duration {duration!r}: from 1s to 8h")
+    try:
+        loaded = load_scenario(scenario)
+    except ScenarioError as error:
+        raise click.UsageError(str(error)) from None
+    sys.exit(run_play(PlayOptions(
+        scenario=loaded, room=room, host=host, port=port, duration_s=float(duration_s), pace=pace,
+        max_patients=max_patients, seed=seed if seed is not None else loaded.seed, log_level=log_level,
+    ), echo=lambda line: click.echo(line)))
 
 
 @main.command(context_settings={"show_default": True})
@@ -183,13 +252,17 @@ def token(room: str, secret: str | None) -> None:
 @click.option("--seed", default=None, type=click.IntRange(min=0), show_default=False,
               help="Seed for the users' random start offsets (the same seed, users and workers give the same "
                    "schedule); default: a random one, shown and kept in summary.json.")
+@click.option("--drain", "drain_s", default=3.0, type=click.FloatRange(0, 60), metavar="SECONDS",
+              help="After the send schedule ends, how long late deliveries still count (no new sends); "
+                   "every message missing then is an 'undelivered' error.")
 def load(url: str | None, secret: str | None, allow_remote: bool, users: int, spawn_rate: float | None,
          rate: float, duration: str, workers: int, slo: Path | None, no_slo: bool, out: Path | None,
-         patients: int, text_chars: int, locustfile: Path | None, seed: int | None) -> None:
+         patients: int, text_chars: int, locustfile: Path | None, seed: int | None, drain_s: float) -> None:
     """Load a server with Locust, measure message delivery and request latencies, gate on SLOs.
 
-    Exit codes: 0 pass, 1 SLO breach, 2 usage or connection error, 3 invalid run
-    (a load generator was short of CPU, or nothing could be measured).
+    Exit codes: 0 pass, 1 SLO breach (fail), 2 usage or connection error, 3 invalid run (a load
+    generator was short of CPU or sent under 90 % of its schedule, users stopped before the end,
+    nothing could be measured) or incomplete run (interrupted, or stopped before its run time).
     """
     import time
 
@@ -209,7 +282,7 @@ def load(url: str | None, secret: str | None, allow_remote: bool, users: int, sp
         workers=workers, slo=None if no_slo else (slo or SHIPPED_SLO).resolve(),
         out=(out or Path("runs") / time.strftime("load-%Y%m%d-%H%M%S")).resolve(),
         patients=patients, text_chars=text_chars,
-        locustfile=(locustfile or SHIPPED_LOCUSTFILE).resolve(), seed=seed,
+        locustfile=(locustfile or SHIPPED_LOCUSTFILE).resolve(), seed=seed, drain_s=drain_s,
     )
     sys.exit(run(options, echo=lambda line: click.echo(line)))
 
@@ -238,12 +311,14 @@ def load(url: str | None, secret: str | None, allow_remote: bool, users: int, sp
               help="Longest server timer a case waits for; timer cases needing more are skipped.")
 @click.option("--grace-s", type=click.FloatRange(0.05, 30), default=1.0, show_default=True,
               help="How long a missing frame is waited for after the ping barrier.")
+@click.option("--connect-timeout-s", type=click.FloatRange(0.1, 120), default=5.0, show_default=True,
+              help="How long the preflight waits for the connection, WebSocket handshake and welcome.")
 @click.option("--list", "list_only", is_flag=True, help="List the cases (with --cases/--exclude) and exit.")
 @click.option("--quiet", is_flag=True, help="Print only the summary lines.")
 def conformance(url: str | None, secret: str | None, cases: tuple[str, ...], exclude: tuple[str, ...],
                 known_failures: Path | None, out_dir: Path | None, junit: Path | None, allow_remote: bool,
                 concurrency: int, case_timeout_s: float, max_connections: int, max_wait_s: float,
-                grace_s: float, list_only: bool, quiet: bool) -> None:
+                grace_s: float, connect_timeout_s: float, list_only: bool, quiet: bool) -> None:
     """Check a server against the protocol contract, case by case (docs/conformance.md).
 
     Exit codes: 0 no unexpected failure (known failures allowed), 1 an unexpected failure,
@@ -260,7 +335,8 @@ def conformance(url: str | None, secret: str | None, cases: tuple[str, ...], exc
     _conformance.main(_conformance.ConformanceOptions(
         url=url, secret=secret, cases=cases, exclude=exclude, known_failures=known_failures, out=out_dir,
         junit=junit, allow_remote=allow_remote, concurrency=concurrency, case_timeout_s=case_timeout_s,
-        max_connections=max_connections, max_wait_s=max_wait_s, grace_s=grace_s, quiet=quiet,
+        max_connections=max_connections, max_wait_s=max_wait_s, grace_s=grace_s,
+        connect_timeout_s=connect_timeout_s, quiet=quiet,
     ))
 
 
@@ -281,19 +357,25 @@ def conformance(url: str | None, secret: str | None, cases: tuple[str, ...], exc
 @click.option("--progress/--no-progress", default=None,
               help="Show a progress bar on stderr (default: when stderr is a terminal).")
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="In-process only: split the rooms among this many processes (the history is the same "
-                   "for the same seed and jobs).")
-@click.option("--quiet", is_flag=True, help="Print only the violations.")
+              help="In-process only: split the rooms among this many processes; a speed setting only (the "
+                   "same history and verdict for every jobs).")
+@click.option("--speed", type=click.FloatRange(1.0, 100_000.0), default=1.0, show_default=True,
+              help="With --url: compress the scenario this many times (every agent's delay divided by it).")
+@click.option("--quiet", is_flag=True, help="Print only the verdict.")
 def simulate(scenario: str, seed: int | None, duration: str | None, url: str | None, secret: str | None,
-             allow_remote: bool, out: str, progress: bool | None, jobs: int, quiet: bool) -> None:
+             allow_remote: bool, out: str, progress: bool | None, jobs: int, speed: float,
+             quiet: bool) -> None:
     """Run SCENARIO (a shipped scenario, one in ./scenarios/, or a TOML file); check its history.
 
+    Shipped scenarios: quiet_morning, busy_clinic_day, flaky_network, refresh_storm, demo.
     Default: in-process, in virtual time, against the reference server. Exit codes: 0 no violation,
-    1 violations found, 2 usage or scenario error.
+    1 violations found, 2 the run could not do what it set out to do (usage or scenario error, wrong
+    secret or path, unreachable server), 3 incomplete (interrupted, the server went away).
     """
     from . import _simulate
 
-    _simulate.simulate(scenario, seed, duration, url, secret, allow_remote, out, progress, quiet, jobs)
+    _simulate.simulate(scenario, seed, duration, url, secret, allow_remote, out, progress, quiet, jobs,
+                       speed)
 
 
 @main.command()
@@ -302,7 +384,8 @@ def simulate(scenario: str, seed: int | None, duration: str | None, url: str | N
 def check(history: str, quiet: bool) -> None:
     """Re-check a saved simulation HISTORY (JSON Lines) against the rules.
 
-    Exit codes: 0 no violation, 1 violations found, 2 the history cannot be read.
+    Exit codes: 0 no violation, 1 violations found, 2 the history cannot be read or is damaged,
+    3 the history is of a run that stopped part-way.
     """
     from . import _simulate
 
@@ -330,19 +413,24 @@ _FIGURES = ("p50", "p90", "p99", "p99.9", "max")
               help="With --compare: entries with fewer samples in either run are shown but not judged.")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --compare: where the verdict goes as JUnit XML (default: OUT/junit.xml).")
+@click.option("--force", is_flag=True,
+              help="With --compare: judge runs whose settings differ (server, users, rate, room shape, "
+                   "text size) instead of calling them not comparable.")
 def report(run: Path | None, compare: tuple[Path, Path] | None, out: Path | None, figure: str,
-           max_regression: float, floor_ms: float, min_samples: int, junit: Path | None) -> None:
+           max_regression: float, floor_ms: float, min_samples: int, junit: Path | None,
+           force: bool) -> None:
     """Write the report of RUN: a load run's results folder or a simulation's history (or its folder).
 
     A self-contained HTML page (images embedded; opens from disk) and one PNG per chart. With
     --compare BASELINE CANDIDATE: two load runs side by side and a verdict.
 
     Exit codes: 0 written (--compare: no regression), 1 --compare found a regression, 2 usage error or
-    unreadable input, 3 --compare was inconclusive (a run is invalid, or no entry had enough samples).
+    unreadable input, 3 --compare was inconclusive (a run is invalid or incomplete, or no entry had enough
+    samples) or the runs are not comparable (different settings; --force judges them anyway).
     """
     from . import _report
 
-    _report.report(run, compare, out, figure, max_regression, floor_ms, min_samples, junit)
+    _report.report(run, compare, out, figure, max_regression, floor_ms, min_samples, junit, force)
 
 
 @main.command()

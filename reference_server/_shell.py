@@ -35,6 +35,7 @@ from ._frames import WS_PATH, ClinicianWelcome, CloseCode, Erased, Error, ErrorC
 from ._gcpolicy import GcPolicy
 from ._limits import Limits
 from ._logging import get_logger
+from ._pages import serve_page_if_asked
 from ._wsconn import ServerWebSocket, ping_frame, text_frame
 
 log = get_logger("queuechat.server")
@@ -342,6 +343,10 @@ class QueueChatServer:
 
         async def handle_connection(stream: trio.abc.Stream) -> None:
             try:
+                # A browser's plain GET of the console or the patient page (_pages.py); every
+                # other request, the WebSocket endpoint's above all, goes on to its handshake.
+                if await serve_page_if_asked(stream, self.limits.hello_timeout_s or 60.0):
+                    return
                 await handle(stream)
             except Exception as error:
                 self._counters.internal_errors += 1

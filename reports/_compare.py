@@ -3,8 +3,20 @@
 A regression is called when an entry's gated percentile (p99 by default) got worse by more than the
 bound (10 %) *and* by more than the floor (1 ms): sub-millisecond figures move by more than 10 % from
 run to run on an idle machine, and a floor keeps that noise from failing a build. Entries with too
-few samples in either run are shown but not judged. A comparison with an invalid run (a load
-generator short of CPU) is inconclusive: its figures measure the generator, not the server.
+few samples in either run are shown but not judged.
+
+The run as a whole is judged too, so that a faster server that drops messages is not "better":
+
+- the error rate (errors over attempts: requests and messages sent) and the disconnect rate
+  (unexpected disconnects over connections opened) regress when they rose by more than
+  ``RATE_FLOOR_PCT`` percentage points (0.1) *and* by more than the bound (relative; any rise from
+  zero past the floor counts);
+- the delivered message rate (messages/s) regresses when it fell by more than the bound.
+
+Verdicts: ``same``, ``better`` (exit 0), ``worse`` (1), ``inconclusive`` (3: a run is invalid or
+incomplete, or nothing could be judged) and ``not comparable`` (3: the runs had different settings:
+server, users, message rate, patients per room, message size; ``force`` judges them anyway and says
+so).
 """
 
 from __future__ import annotations
@@ -27,6 +39,9 @@ EXIT_SAME_OR_BETTER = 0
 EXIT_REGRESSION = 1
 EXIT_USAGE = 2
 EXIT_INCONCLUSIVE = 3
+
+EXIT_NOT_COMPARABLE = 3
+RATE_FLOOR_PCT = 0.1  # percentage points: an error or disconnect rate must rise by more to regress
 
 REGRESSION = "regression"
 IMPROVEMENT = "improvement"
@@ -81,6 +96,19 @@ class EntryComparison:
         return change_pct(self.baseline.latency.get(figure, 0), self.candidate.latency.get(figure, 0))
 
 
+@dataclass(frozen=True)
+class RunMeasure:
+    """One figure of a whole run, judged beside the latencies: an error rate, a disconnect rate, the
+    delivered message rate."""
+
+    name: str
+    unit: str  # "%" or "msgs/s"
+    baseline: float | None
+    candidate: float | None
+    status: str
+    reason: str
+
+
 @dataclass
 class Comparison:
     baseline: LoadRun
@@ -88,6 +116,9 @@ class Comparison:
     bounds: RegressionBounds
     entries: list[EntryComparison]
     problems: list[str] = field(default_factory=list)
+    measures: list[RunMeasure] = field(default_factory=list)
+    differences: list[str] = field(default_factory=list)  # settings that differ between the runs
+    forced: bool = False  # judged although the settings differ
 
     @property
     def regressions(self) -> list[EntryComparison]:
@@ -99,32 +130,50 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
+        if self.differences and not self.forced:
+            return "not comparable"
         if self.problems:
             return "inconclusive"
-        if self.regressions:
+        if self.regressions or any(m.status == REGRESSION for m in self.measures):
             return "worse"
-        if self.improvements:
+        if self.improvements or any(m.status == IMPROVEMENT for m in self.measures):
             return "better"
         return "same"
 
     @property
     def exit_code(self) -> int:
+        if self.verdict == "not comparable":
+            return EXIT_NOT_COMPARABLE
         if self.verdict == "inconclusive":
             return EXIT_INCONCLUSIVE
         return EXIT_REGRESSION if self.verdict == "worse" else EXIT_SAME_OR_BETTER
 
     def headline(self) -> str:
+        forced = (
+            " (judged with --force although the settings differ: " + "; ".join(self.differences) + ")"
+            if self.forced and self.differences
+            else ""
+        )
+        if self.verdict == "not comparable":
+            return (
+                "NOT COMPARABLE: the runs had different settings: "
+                + "; ".join(self.differences)
+                + ". Give --force to judge them anyway."
+            )
         if self.verdict == "inconclusive":
             return "INCONCLUSIVE: " + " ".join(self.problems)
         if self.verdict == "worse":
-            names = ", ".join(entry_label(e.entry).lower() for e in self.regressions)
-            return f"WORSE: {self.bounds.figure} regressed beyond the bound for {names}"
+            names = [entry_label(e.entry).lower() for e in self.regressions]
+            names += [m.name for m in self.measures if m.status == REGRESSION]
+            return f"WORSE: regressed beyond the bound: {', '.join(names)}{forced}"
         if self.verdict == "better":
-            names = ", ".join(entry_label(e.entry).lower() for e in self.improvements)
-            return (
-                f"BETTER: {self.bounds.figure} improved beyond the bound for {names}, and nothing regressed"
-            )
-        return f"SAME: no {self.bounds.figure} moved beyond the bound"
+            names = [entry_label(e.entry).lower() for e in self.improvements]
+            names += [m.name for m in self.measures if m.status == IMPROVEMENT]
+            return f"BETTER: improved beyond the bound: {', '.join(names)}, and nothing regressed{forced}"
+        return (
+            f"SAME: no {self.bounds.figure}, error rate, disconnect rate or delivered rate moved beyond "
+            f"the bound{forced}"
+        )
 
 
 def judge(
@@ -156,7 +205,96 @@ def judge(
     return EntryComparison(entry, baseline, candidate, SAME, shown)
 
 
-def compare_runs(baseline: LoadRun, candidate: LoadRun, bounds: RegressionBounds) -> Comparison:
+# Settings that must match for two runs to be compared: (what a reader calls it, where it is read).
+SETTINGS: tuple[tuple[str, Callable[[LoadRun], object]], ...] = (
+    ("server", lambda r: _command(r).get("server") or r.summary.get("run", {}).get("host")),
+    ("users (rooms)", lambda r: r.summary.get("run", {}).get("users")),
+    ("messages/s per room", lambda r: r.summary.get("run", {}).get("rate_per_user")),
+    ("patients per room", lambda r: r.summary.get("run", {}).get("patients_per_room")),
+    ("message size (characters)", lambda r: r.summary.get("run", {}).get("text_chars")),
+)
+
+
+def _command(run: LoadRun) -> dict[str, object]:
+    command = run.meta.get("command")
+    return command if isinstance(command, dict) else {}
+
+
+def setting_differences(baseline: LoadRun, candidate: LoadRun) -> list[str]:
+    """The settings the two runs did not share, as "name: baseline → candidate"."""
+    out = []
+    for name, get in SETTINGS:
+        before, after = get(baseline), get(candidate)
+        if before != after:
+            out.append(f"{name}: {before} → {after}")
+    return out
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def error_rate(run: LoadRun) -> float | None:
+    """Errors over attempts (every timed sample and every error; a message missing at the end is both a
+    sample and an error, and counted once), in percent."""
+    summary = run.summary
+    errors = _int(summary.get("errors", {}).get("total"))
+    samples = sum(_int(entry.get("count")) for entry in summary.get("entries", {}).values())
+    counters = summary.get("counters", {})
+    lost = _int(counters.get("undelivered")) + _int(counters.get("no_delivery"))
+    attempts = samples + errors - lost
+    return 100.0 * errors / attempts if attempts > 0 else None
+
+
+def disconnect_rate(run: LoadRun) -> float | None:
+    """Unexpected disconnects over connections opened (welcomed hellos), in percent."""
+    summary = run.summary
+    entries = summary.get("entries", {})
+    opened = sum(_int(entries.get(name, {}).get("count")) for name in ("clinician_hello", "check_in"))
+    disconnects = _int(summary.get("disconnects", {}).get("count"))
+    return 100.0 * disconnects / opened if opened > 0 else None
+
+
+def delivered_rate(run: LoadRun) -> float | None:
+    """Messages delivered per second of the send schedule (None for runs that did not record it)."""
+    messages = run.summary.get("messages")
+    value = messages.get("delivered_per_s") if isinstance(messages, dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def judge_rate(name: str, before: float | None, after: float | None, bounds: RegressionBounds) -> RunMeasure:
+    """An error or disconnect rate (percent): worse when it rose by more than ``RATE_FLOOR_PCT`` points and
+    by more than the bound."""
+    if before is None or after is None:
+        return RunMeasure(name, "%", before, after, NOT_JUDGED, "not measured in both runs")
+    delta = after - before
+    pct = change_pct(before, after)
+    shown = f"{before:.3f} % → {after:.3f} % ({delta:+.3f} points)"
+    beyond = pct is None or abs(pct) > bounds.max_increase_pct
+    if delta > RATE_FLOOR_PCT and beyond:
+        return RunMeasure(name, "%", before, after, REGRESSION, shown)
+    if -delta > RATE_FLOOR_PCT and beyond:
+        return RunMeasure(name, "%", before, after, IMPROVEMENT, shown)
+    return RunMeasure(name, "%", before, after, SAME, shown)
+
+
+def judge_throughput(before: float | None, after: float | None, bounds: RegressionBounds) -> RunMeasure:
+    """The delivered message rate: worse when it fell by more than the bound."""
+    name = "delivered messages/s"
+    if before is None or after is None:
+        return RunMeasure(name, "msgs/s", before, after, NOT_JUDGED, "not recorded in both runs")
+    pct = change_pct(before, after)
+    shown = f"{before:,.1f} → {after:,.1f} msgs/s ({_signed_pct(pct)})"
+    if pct is not None and pct < -bounds.max_increase_pct:
+        return RunMeasure(name, "msgs/s", before, after, REGRESSION, shown)
+    if pct is not None and pct > bounds.max_increase_pct:
+        return RunMeasure(name, "msgs/s", before, after, IMPROVEMENT, shown)
+    return RunMeasure(name, "msgs/s", before, after, SAME, shown)
+
+
+def compare_runs(
+    baseline: LoadRun, candidate: LoadRun, bounds: RegressionBounds, *, force: bool = False
+) -> Comparison:
     names = list(baseline.entries)
     names += [name for name in candidate.entries if name not in names]
     entries = [
@@ -169,13 +307,28 @@ def compare_runs(baseline: LoadRun, candidate: LoadRun, bounds: RegressionBounds
         for name in names
     ]
     problems = [
-        f"The {which} run is invalid ({'; '.join(run.summary.get('validity', {}).get('problems', []))})."
+        f"The {which} run is {'incomplete' if run.verdict == 'incomplete' else 'invalid'} "
+        f"({'; '.join(run.summary.get('validity', {}).get('problems', []))})."
         for which, run in (("baseline", baseline), ("candidate", candidate))
         if not run.valid
     ]
     if not any(e.status != NOT_JUDGED for e in entries) and not problems:
         problems.append("No entry had enough samples in both runs to judge.")
-    return Comparison(baseline, candidate, bounds, entries, problems)
+    measures = [
+        judge_rate("error rate", error_rate(baseline), error_rate(candidate), bounds),
+        judge_rate("disconnect rate", disconnect_rate(baseline), disconnect_rate(candidate), bounds),
+        judge_throughput(delivered_rate(baseline), delivered_rate(candidate), bounds),
+    ]
+    return Comparison(
+        baseline,
+        candidate,
+        bounds,
+        entries,
+        problems,
+        measures=measures,
+        differences=setting_differences(baseline, candidate),
+        forced=force,
+    )
 
 
 def _count(figures: EntryFigures | None) -> int:
@@ -211,8 +364,34 @@ def build_comparison_page(comparison: Comparison) -> Page:
         title="Load test comparison: baseline against candidate",
         subtitle=f"baseline {base.path} · candidate {cand.path}",
     )
-    kind = {"worse": "fail", "better": "pass", "same": "pass", "inconclusive": "warn"}[comparison.verdict]
+    kind = {
+        "worse": "fail",
+        "better": "pass",
+        "same": "pass",
+        "inconclusive": "warn",
+        "not comparable": "warn",
+    }[comparison.verdict]
     page.verdict(comparison.headline(), kind, "Regression bound: " + comparison.bounds.describe() + ".")
+    page.section(
+        "The runs as a whole",
+        f"Error rate: errors over attempts; disconnect rate: unexpected disconnects over connections "
+        f"opened; each regresses when it rose by more than {RATE_FLOOR_PCT:g} percentage points and by "
+        f"more than {comparison.bounds.max_increase_pct:g} %. Delivered messages/s regresses when it "
+        f"fell by more than {comparison.bounds.max_increase_pct:g} %.",
+    )
+    page.table(
+        ("figure", "baseline", "candidate", "result"),
+        [
+            [
+                Cell(m.name),
+                Cell(_measure(m.baseline, m.unit), "num"),
+                Cell(_measure(m.candidate, m.unit), "num"),
+                Cell(f"{m.status}: {m.reason}", STATUS_KIND[m.status]),
+            ]
+            for m in comparison.measures
+        ],
+        table_id="measures",
+    )
     page.section(
         "Latency, side by side",
         "Milliseconds, baseline → candidate (change). Computed from each "
@@ -258,6 +437,12 @@ def build_comparison_page(comparison: Comparison) -> Page:
     return page
 
 
+def _measure(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f} %" if unit == "%" else f"{value:,.1f}"
+
+
 def _run_rows(base: LoadRun, cand: LoadRun) -> list[tuple[str, str, str]]:
     def row(label: str, get: Callable[[LoadRun], object]) -> tuple[str, str, str]:
         return label, str(get(base)), str(get(cand))
@@ -266,11 +451,9 @@ def _run_rows(base: LoadRun, cand: LoadRun) -> list[tuple[str, str, str]]:
         row("folder", lambda r: r.path),
         row("started", lambda r: when(r.start_epoch_s)),
         row("length", lambda r: duration_text(r.duration_s)),
-        row("server", lambda r: r.summary.get("run", {}).get("host", "?")),
-        row("simulated rooms", lambda r: r.summary.get("run", {}).get("users", "?")),
-        row("messages/s per room", lambda r: r.summary.get("run", {}).get("rate_per_user", "?")),
+        *(row(name, get) for name, get in SETTINGS),
         row("commit", lambda r: (r.meta.get("commit") or "not recorded")[:12]),
-        row("valid", lambda r: "yes" if r.valid else "no"),
+        row("valid", lambda r: "yes" if r.valid else f"no ({r.verdict})"),
         row("verdict of its own SLOs", lambda r: r.verdict),
     ]
 
@@ -361,7 +544,18 @@ def junit_xml(comparison: Comparison) -> bytes:
     if comparison.problems:
         ET.SubElement(validity, "failure", message=" ".join(comparison.problems))
         failures += 1
+    settings = ET.SubElement(
+        suite, "testcase", classname="queuechat.compare.runs", name="both runs had the same settings"
+    )
+    cases += 1
+    if comparison.differences and not comparison.forced:
+        ET.SubElement(settings, "failure", message="not comparable: " + "; ".join(comparison.differences))
+        failures += 1
+    elif comparison.differences:
+        forced = "judged with --force: " + "; ".join(comparison.differences)
+        ET.SubElement(settings, "system-out").text = forced
     bounds = comparison.bounds
+    not_comparable = comparison.verdict == "not comparable"
     for entry in comparison.entries:
         case = ET.SubElement(
             suite,
@@ -371,7 +565,10 @@ def junit_xml(comparison: Comparison) -> bytes:
             f"and {bounds.floor_ms:g} ms",
         )
         cases += 1
-        if entry.status == REGRESSION:
+        if not_comparable:
+            ET.SubElement(case, "skipped", message="not judged: the runs are not comparable")
+            skipped += 1
+        elif entry.status == REGRESSION:
             ET.SubElement(case, "failure", message=f"regression: {entry.reason}")
             failures += 1
         elif entry.status == NOT_JUDGED:
@@ -379,6 +576,25 @@ def junit_xml(comparison: Comparison) -> bytes:
             skipped += 1
         else:
             ET.SubElement(case, "system-out").text = f"{entry.status}: {entry.reason}"
+    for measure in comparison.measures:
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname="queuechat.compare.run",
+            name=f"{measure.name} not worse beyond the bound",
+        )
+        cases += 1
+        if not_comparable:
+            ET.SubElement(case, "skipped", message="not judged: the runs are not comparable")
+            skipped += 1
+        elif measure.status == REGRESSION:
+            ET.SubElement(case, "failure", message=f"regression: {measure.reason}")
+            failures += 1
+        elif measure.status == NOT_JUDGED:
+            ET.SubElement(case, "skipped", message=measure.reason)
+            skipped += 1
+        else:
+            ET.SubElement(case, "system-out").text = f"{measure.status}: {measure.reason}"
     suite.set("tests", str(cases))
     suite.set("failures", str(failures))
     suite.set("errors", "0")
@@ -411,6 +627,9 @@ def format_comparison(comparison: Comparison) -> str:
                 else f" ({e.reason})"
             )
         )
+    for m in comparison.measures:
+        figure = f"{_measure(m.baseline, m.unit)}→{_measure(m.candidate, m.unit)}"
+        lines.append(f"{m.name:<24}{'':>18}  {figure:>24}  {m.status} ({m.reason})")
     lines.append(comparison.headline())
     return "\n".join(lines)
 
@@ -428,12 +647,15 @@ def write_comparison(
     out_dir: Path,
     bounds: RegressionBounds | None = None,
     junit: Path | None = None,
+    *,
+    force: bool = False,
 ) -> ComparisonResult:
-    """Compare two load runs: the page, its PNGs, and the verdict as JUnit XML (``out_dir/junit.xml``)."""
+    """Compare two load runs: the page, its PNGs, and the verdict as JUnit XML (``out_dir/junit.xml``).
+    ``force`` judges runs whose settings differ (otherwise: not comparable)."""
     bounds = bounds or RegressionBounds()
     baseline = read_load_run(Path(baseline_dir))
     candidate = read_load_run(Path(candidate_dir))
-    comparison = compare_runs(baseline, candidate, bounds)
+    comparison = compare_runs(baseline, candidate, bounds, force=force)
     try:
         page = build_comparison_page(comparison)
     except (KeyError, TypeError, ValueError) as exc:

@@ -238,6 +238,10 @@ def throughput_chart(run: LoadRun) -> Chart:
     if drawn:
         ordered = sorted(totals)
         axes.plot(ordered, [totals[t] for t in ordered], label="all messages", color="#333333", linewidth=1.8)
+        messages = run.summary.get("messages")
+        planned = messages.get("planned_per_s") if isinstance(messages, dict) else None
+        if isinstance(planned, int | float) and planned > 0:
+            axes.axhline(planned, color="#333333", linestyle="--", linewidth=1, label="planned rate")
         axes.set_ylim(bottom=0)
         axes.set_xlabel(axis.label)
         axes.set_ylabel("messages delivered per second")
@@ -249,8 +253,9 @@ def throughput_chart(run: LoadRun) -> Chart:
         title="Throughput: messages delivered each second",
         how_to_read=(
             "The number of chat messages that reached the other side in each second, each way and in "
-            "all. A flat line means the server kept up with the planned rate; dips mean it fell "
-            "behind."
+            "all. A flat line at the dashed one (the planned rate) means the server kept up; dips "
+            "mean it fell behind. Messages still missing after the drain window count in the last "
+            "interval."
         ),
         png=png_bytes(figure),
         alt="Line chart of messages delivered per second over the run",

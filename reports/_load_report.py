@@ -22,6 +22,7 @@ VERDICTS = {
     "pass": ("PASS: every service-level objective was met", "pass"),
     "slo_breach": ("FAIL: a service-level objective was missed", "fail"),
     "invalid": ("INVALID RUN: the figures cannot be trusted", "warn"),
+    "incomplete": ("INCOMPLETE RUN: it was stopped before its planned end", "warn"),
     "usage_error": ("NOT RUN: the load test could not start", "fail"),
 }
 NO_TIMELINE = (
@@ -94,6 +95,9 @@ def build_load_page(run: LoadRun) -> Page:
     if not run.valid:
         detail += " " + " ".join(summary.get("validity", {}).get("problems", []))
     page.verdict(headline, kind, detail)
+    rates = rates_text(summary)
+    if rates:
+        page.paragraph(rates)
 
     message_figures = [
         run.figures(e) for e in ("patient_to_clinician", "clinician_to_patient") if e in run.entries
@@ -185,11 +189,15 @@ def build_load_page(run: LoadRun) -> Page:
     page.section(
         "Is the run valid?",
         "A load generator that is short of CPU sends late and measures its "
-        "own delays; such a run is marked invalid.",
+        "own delays; one that sent clearly less than planned (under 90 % of the messages its "
+        "schedule had due), or whose users stopped before the end, did not put the planned load on "
+        "the server; such runs are marked invalid. A run stopped before its planned end is incomplete.",
     )
     validity = summary.get("validity", {})
     page.verdict(
-        "Valid: the load generators had the CPU they needed" if run.valid else "Invalid run",
+        "Valid: the load generators had the CPU they needed and sent the planned load"
+        if run.valid
+        else ("Incomplete run" if run.verdict == "incomplete" else "Invalid run"),
         "pass" if run.valid else "warn",
     )
     if validity.get("problems"):
@@ -228,6 +236,42 @@ def build_load_page(run: LoadRun) -> Page:
     return page
 
 
+def rates_text(summary: dict[str, Any]) -> str | None:
+    """Planned against sent against delivered messages per second, as wrk2 shows them; None for runs that
+    did not record them."""
+    messages = summary.get("messages")
+    if not isinstance(messages, dict):
+        return None
+
+    def rate(key: str) -> str:
+        value = messages.get(key)
+        return f"{value:,.1f}" if isinstance(value, int | float) else "n/a"
+
+    run = summary.get("run", {})
+    planned_s, drain = run.get("planned_duration_s"), run.get("drain_s")
+    text = (
+        f"Message rate: planned {rate('planned_per_s')}/s, sent {rate('sent_per_s')}/s "
+        f"({messages.get('sent', 0):,} of {messages.get('planned', 0):,} due), delivered "
+        f"{rate('delivered_per_s')}/s ({messages.get('delivered', 0):,}), over the "
+        f"{duration_text(float(messages.get('window_s') or 0.0))} send schedule"
+        + (f" (planned: {duration_text(float(planned_s))})" if isinstance(planned_s, int | float) else "")
+        + ". "
+    )
+    undelivered = int(messages.get("undelivered", 0)) + int(messages.get("no_delivery", 0))
+    if isinstance(drain, int | float):
+        text += (
+            f"{undelivered:,} messages were still undelivered after the {drain:g} s drain window (or "
+            "past the timeout); each is an error, and is counted in the latency figures with the "
+            "latency it had reached."
+        )
+    for stop in summary.get("users_stopped", []):
+        text += (
+            f" {stop['users']} users stopped before the end (from {stop['first_at_s']:.1f} s): "
+            f"{stop['reason']}."
+        )
+    return text
+
+
 def _plain(value: Any) -> str:
     return "n/a" if value is None else str(value)
 
@@ -241,10 +285,14 @@ def run_facts(run: LoadRun, settings: dict[str, Any], meta: dict[str, Any]) -> l
     total_rate = (
         rate_per_user * users if isinstance(rate_per_user, int | float) and isinstance(users, int) else None
     )
+    planned_s = settings.get("planned_duration_s")
+    length = duration_text(run.duration_s)
+    if isinstance(planned_s, int | float):
+        length += f" of the planned {duration_text(float(planned_s))}"
     facts = [
         ("server", str(command.get("server") or settings.get("host", "?"))),
         ("started", when(run.start_epoch_s)),
-        ("length", duration_text(run.duration_s)),
+        ("length", length),
         ("simulated rooms (users)", _plain(users)),
         ("patients per room", _plain(settings.get("patients_per_room"))),
         (

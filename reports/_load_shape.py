@@ -31,6 +31,9 @@ class Run(_Shape):
     text_chars: int | None = None
     interval_s: Number = 1.0
     workers: int | None = None
+    planned_duration_s: Number | None = None
+    drain_s: Number | None = None
+    drain_waited_s: Number | None = None
 
 
 class Entry(_Shape):
@@ -62,8 +65,32 @@ class Generator(_Shape):
     cpu: Cpu | None = None
 
 
+class Messages(_Shape):
+    """Planned against sent against delivered (runs before this block was added have none)."""
+
+    planned: int = 0
+    sent: int = 0
+    delivered: int = 0
+    undelivered: int = 0
+    no_delivery: int = 0
+    sends_skipped: int = 0
+    window_s: Number | None = None
+    planned_per_s: Number | None = None
+    due_per_s: Number | None = None
+    sent_per_s: Number | None = None
+    delivered_per_s: Number | None = None
+
+
+class UserStop(_Shape):
+    reason: str
+    users: int
+    first_at_s: Number
+    last_at_s: Number
+
+
 class Validity(_Shape):
     valid: bool = False
+    complete: bool = True
     problems: list[str] = []
     warnings: list[str] = []
 
@@ -83,6 +110,11 @@ class Slo(_Shape):
 class Command(_Shape):
     seed: int | None = None
     server: str | None = None
+    users: int | None = None
+    rate_per_user: Number | None = None
+    patients_per_room: int | None = None
+    text_chars: int | None = None
+    duration_s: Number | None = None
 
 
 class Meta(_Shape):
@@ -108,6 +140,9 @@ class Summary(_Shape):
     slo: Slo | None = None
     verdict: str = "unknown"
     meta: Meta | None = None
+    messages: Messages | None = None
+    users_stopped: list[UserStop] = []
+    counters: dict[str, int] = {}
 
 
 def check_summary(data: Any, path: Path) -> None:

@@ -23,6 +23,7 @@ RULE_TITLES = {
     "R43": "request rate", "R44": "capacity", "R45": "timers", "R46": "shutdown",
     "WIRE": "answers in order, with their ref", "LIVENESS": "everyone answered or gone by the end",
     "PRIVACY": "a patient sees only their own frames",
+    "order": "one cause's frames in the contract's order",
 }
 DEPARTURE_WORDS = {
     "call_ended": "seen: the clinician ended their call",
@@ -94,6 +95,7 @@ def build_page(run: SimRun) -> Page:
     _conversations(page, run)
     _erasures_and_departures(page, run)
     _violations(page, run)
+    _rules_exercised(page, run)
     _about(page, run)
     return page
 
@@ -314,6 +316,44 @@ def _violations(page: Page, run: SimRun) -> None:
                         if hidden else "")
                + "History lines are line numbers in the .jsonl file (line 1 is the header); "
                  f"`queuechat check {run.history.name}` prints them.")
+
+
+def _rules_exercised(page: Page, run: SimRun) -> None:
+    """Per rule: how many times the run put it to the test, its violations and notes; and liveness."""
+    page.section("Rules exercised")
+    liveness = run.liveness
+    if liveness is None:
+        page.paragraph("Liveness: not recorded (the summary predates it).")
+    elif liveness.judged:
+        bound = (f" (the healing phase needed at least {_fmt_ms(liveness.bound_ms)})" if liveness.bound_ms
+                 else "")
+        page.paragraph(f"Liveness: judged{bound}: every patient present when the healing phase began was "
+                       "answered or gone by its end, or a LIVENESS violation says who was not.")
+    else:
+        page.paragraph(f"Liveness: not judged: {liveness.reason or 'no reason recorded'}.")
+    if run.exercised is None:
+        page.paragraph("How often each rule was exercised is not in this summary (written before the "
+                       "checker counted it).")
+        return
+    by_rule = run.violations_by_rule()
+    notes = run.checker_notes or {}
+    never = [rule for rule, n in run.exercised.items() if n == 0]
+    rows: list[list[str | Cell]] = [
+        [rule, RULE_TITLES.get(rule, ""),
+         Cell(str(n), "num" if n else "warn"),
+         Cell(str(by_rule.get(rule, 0)), "fail" if by_rule.get(rule) else "num"),
+         Cell(str(notes.get(rule, 0)), "num")]
+        for rule, n in run.exercised.items()]
+    page.table(["rule", "about", Cell("exercised", "num"), Cell("violations", "num"), Cell("notes", "num")],
+               rows, table_id="rules-exercised",
+               caption=("Exercised: how many times the run put the rule to the test and the checker judged "
+                        "it. Notes: what the protocol leaves open (never a violation). "
+                        + (f"Exercised zero times, so not tested by this run: {', '.join(never)}."
+                           if never else "Every rule was exercised.")))
+    extra = {rule: n for rule, n in notes.items() if rule not in run.exercised}
+    if extra:
+        page.paragraph("Notes outside the numbered rules: "
+                       + ", ".join(f"{rule} {n}" for rule, n in sorted(extra.items())) + ".")
 
 
 def _about(page: Page, run: SimRun) -> None:

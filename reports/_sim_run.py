@@ -42,6 +42,15 @@ class Violation:
 
 
 @dataclass(frozen=True)
+class Liveness:
+    """Whether the checker judged liveness, and why not when it did not."""
+
+    judged: bool
+    reason: str | None
+    bound_ms: float | None
+
+
+@dataclass(frozen=True)
 class MessageTotals:
     patient_sent: int
     patient_delivered: int
@@ -94,6 +103,11 @@ class SimRun:
     patients_served: int
     withheld_frames: int  # frames that carried a text or name string (never shown)
     notes: tuple[str, ...] = field(default=())
+    # From the summary's checker (None: an older summary without them): how many times each rule of the
+    # contract was exercised, liveness judged or not and why, and the checker's notes by rule.
+    exercised: dict[str, int] | None = None
+    liveness: Liveness | None = None
+    checker_notes: dict[str, int] | None = None
 
     @property
     def patients(self) -> int:
@@ -310,7 +324,28 @@ def _assemble(history: Path, summary_file: Path | None, header: dict[str, Any],
                   last_t_ms=reader.last_t, records=reader.records, queue=queue, visits=tuple(visits),
                   messages=messages, erasures=erasures, departures=dict(departures),
                   server_closes=server_closes, faults=faults, violations=violations, patients_served=served,
-                  withheld_frames=reader.withheld_frames, notes=tuple(notes))
+                  withheld_frames=reader.withheld_frames, notes=tuple(notes),
+                  exercised=_int_counts(counts.get("exercised")),
+                  liveness=_liveness(counts.get("liveness"), safe),
+                  checker_notes=_int_counts(counts.get("notes_by_rule")))
+
+
+def _int_counts(value: Any) -> dict[str, int] | None:
+    """A summary's {name: count} (None when absent or of another shape)."""
+    if not isinstance(value, dict):
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
+        return None
+    return {str(k): v for k, v in value.items()}
+
+
+def _liveness(value: Any, safe: Any) -> Liveness | None:
+    if not isinstance(value, dict) or not isinstance(value.get("judged"), bool):
+        return None
+    bound = value.get("bound_ms")
+    return Liveness(judged=value["judged"], reason=safe(value.get("reason")),
+                    bound_ms=float(bound) if isinstance(bound, int | float) and not isinstance(bound, bool)
+                    else None)
 
 
 def _from_summary(what: str, value: Any, counted: dict[str, int], notes: list[str]) -> dict[str, int]:

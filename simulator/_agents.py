@@ -46,6 +46,9 @@ from ._transport import (
 VIRTUAL_EPOCH_S: Final = 1_767_225_600.0
 _INSTANT_GAP_S: Final = 1e-6
 TEARDOWN_BOUND_S: Final = 120.0
+# In-process, the server shuts down this long after the end (the consoles still open: R46), at the
+# same instant whichever rooms share the process; agents still leaving by then are closed by it.
+SHUTDOWN_AFTER_S: Final = 15.0
 
 
 def _corpus() -> str:
@@ -97,6 +100,7 @@ class Network:
         self.nursery = nursery
         self.target = target
         self.failure: BaseException | None = None
+        self.on_unreachable: Callable[[OSError], None] | None = None  # a TCP connect failed
 
     def open(self, handler: Conn) -> ClientProtocol | PlainClient:
         if self.plain:
@@ -106,11 +110,12 @@ class Network:
             return plain
         if self.memory is not None:
             protocol: ClientProtocol = FastClientProtocol(handler)
-            handler.transport = self.memory.connect(protocol, self.target)
+            transport_in_memory = self.memory.connect(protocol, self.target, owner=handler)
+            handler.transport = transport_in_memory
             return protocol
         assert self.tcp is not None and self.nursery is not None
         protocol = ClientProtocol(handler)
-        transport = TcpTransport(protocol, self._failed)
+        transport = TcpTransport(protocol, self._failed, self.on_unreachable)
         handler.transport = transport
         self.nursery.start_soon(transport.run, self.tcp[0], self.tcp[1], self.target)
         return protocol
@@ -125,8 +130,16 @@ class World:
 
     def __init__(self, scenario: Scenario, network: Network, history: HistoryWriter, *, secret: str,
                  rooms: list[str], epoch_s: float, virtual: bool,
-                 clock: Callable[[], float] = trio.current_time, shard: set[str] | None = None) -> None:
+                 clock: Callable[[], float] = trio.current_time, shard: set[str] | None = None,
+                 speed: float = 1.0) -> None:
         self._clock = clock
+        # Scenario seconds per real second: over sockets, a long scenario can run compressed
+        # (every agent's delay divided by it); the history's times stay real.
+        self.speed = speed
+        # Why the run stopped before its end: ("failed" | "incomplete", reason); None while it runs.
+        self.aborted: tuple[str, str] | None = None
+        self.clinician_welcomed = False
+        self.unreachable = 0  # connects that found no server since the last that did
         self.shard = shard  # the rooms this process runs (None: all)
         self.scenario = scenario
         self.network = network
@@ -136,10 +149,11 @@ class World:
         self.epoch_ms = epoch_s * 1000.0
         self.virtual = virtual
         self.seed = scenario.seed
-        self._heap: list[tuple[float, int, int, Callable[[], None]]] = []
+        # (when, agent index, sequence, step, the agent's room: None for the world's own steps)
+        self._heap: list[tuple[float, int, int, Callable[[], None], str | None]] = []
         self._seq = 0
         self._start = 0.0
-        self._last_instant = -1.0
+        self._room_instant: dict[str | None, float] = {}  # room -> the last instant a step of it ran
         self._scope: trio.CancelScope | None = None
         self._done = trio.Event()
         self.phase = "active"
@@ -153,23 +167,66 @@ class World:
 
     # time and steps
     def now(self) -> float:
-        return self._clock() - self._start
+        """Scenario seconds since the run started (real seconds times :attr:`speed`)."""
+        return (self._clock() - self._start) * self.speed
+
+    def real_now(self) -> float:
+        """Seconds of the clock since the run started: the history's time."""
+        now = self.last_real = self._clock() - self._start
+        return now
+
+    last_real = 0.0  # real_now() when last asked (readable after the Trio run has ended)
 
     def client_ts(self) -> int:
-        return int(self.epoch_ms + self.now() * 1000.0)
+        return int(self.epoch_ms + self.real_now() * 1000.0)
 
     def at(self, when: float, agent: Agent, step: Callable[[], None]) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, (when, agent.index, self._seq, step))
+        heapq.heappush(self._heap, (when, agent.index, self._seq, step, agent.room))
         scope = self._scope
-        if scope is not None and self._start + when < scope.deadline:
-            scope.deadline = self._start + when
+        deadline = self._start + when / self.speed
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
 
     def after(self, delay: float, agent: Agent, step: Callable[[], None]) -> None:
         self.at(self.now() + max(delay, _INSTANT_GAP_S), agent, step)
 
+    # A worker of a run split into processes marks each record with its exact time (``"_t"``, taken
+    # out again when the parts are merged): records of one rounded millisecond keep their order.
+    exact_times = False
+
     def record(self, agent: Agent, record: dict[str, Any]) -> None:
-        self.history.record(self.now(), agent.index * 1000 + record["conn"], record)
+        now = self.real_now()
+        if self.exact_times:
+            record["_t"] = now
+        self.history.record(now, agent.index * 1000 + record["conn"], record)
+
+    # a run that cannot go on
+    def abort(self, outcome: str, reason: str) -> None:
+        """Stop the run: ``outcome`` is "failed" (it could not do what it set out to do) or
+        "incomplete" (it stopped part-way); never reported as the server's violation."""
+        if self.aborted is None:
+            self.aborted = (outcome, reason)
+            self._done.set()
+
+    def hello_refused(self, how: str) -> None:
+        """A clinician's connection ended before its welcome. Before any clinician was welcomed,
+        the run cannot start: a wrong secret, path or limit, not a broken rule."""
+        if not self.clinician_welcomed:
+            self.abort("failed", f"the server refused the first clinician connection ({how}) before any "
+                                 "clinician was welcomed; nothing can be simulated")
+
+    def connect_failed(self, error: OSError) -> None:
+        """A TCP connect found no server. Before any clinician was welcomed the run cannot start; after,
+        two failures in a row with no connect between (one could be a passing hiccup) mean the server
+        went away."""
+        self.unreachable += 1
+        why = error.strerror or str(error) or type(error).__name__
+        if not self.clinician_welcomed:
+            self.abort("failed", f"cannot connect to the server: {why}")
+        elif self.unreachable >= 2:
+            self.abort("incomplete", f"the server stopped accepting connections {self.real_now():.1f} s into "
+                                     f"the run ({why}); the history ends there")
 
     def agent_done(self) -> None:
         self.open_agents -= 1
@@ -194,17 +251,32 @@ class World:
         for agent in self.agents:
             agent.start()
 
+    @property
+    def limit_s(self) -> float:
+        """When the run stops at the latest (scenario seconds): the end plus the bounded teardown (in
+        process: the instant of the server's shutdown)."""
+        return self.end_s + (SHUTDOWN_AFTER_S if self.virtual else TEARDOWN_BOUND_S)
+
+    async def sleep_until_limit(self) -> None:
+        """Wait until :attr:`limit_s` (in-process: a fixed instant for the server's shutdown, whatever
+        the other rooms or processes do)."""
+        await trio.sleep_until(self._start + self.limit_s / self.speed)
+
     async def run(self) -> None:
         """Run every step until the teardown is over (bounded), then return."""
         self._start = self._clock()
+        if self.network.tcp is not None:
+            self.network.on_unreachable = self.connect_failed
         self.populate()
         marker = _Marker(self)
         self.at(self.heal_s, marker, self._begin_healing)
         self.at(self.end_s, marker, self._begin_teardown)
-        limit = self.end_s + TEARDOWN_BOUND_S
+        limit = self.limit_s
         heap = self._heap
         next_progress = 0.0
-        with trio.move_on_after(limit + 1.0):
+        instants = self._room_instant
+        every_room: list[str | None] = [*self.rooms]
+        with trio.move_on_after((limit + 1.0) / self.speed):
             while not self._done.is_set():
                 if self.network.failure is not None:
                     raise self.network.failure
@@ -213,7 +285,7 @@ class World:
                     target = heap[0][0] if heap else limit
                     if target >= limit:
                         target = limit
-                    with trio.CancelScope(deadline=self._start + target) as scope:
+                    with trio.CancelScope(deadline=self._start + target / self.speed) as scope:
                         self._scope = scope
                         await self._done.wait()
                     self._scope = None
@@ -221,13 +293,21 @@ class World:
                         break
                     continue
                 item = heapq.heappop(heap)
-                if self.virtual and now == self._last_instant:
-                    # one cause per instant: the server finishes the previous one first
-                    self._seq += 1
-                    heapq.heappush(heap, (now + _INSTANT_GAP_S, item[1], self._seq, item[3]))
-                    continue
+                room = item[4]
+                if self.virtual:
+                    if room is None:  # the world's own step touches every room
+                        for each in every_room:
+                            instants[each] = now
+                    elif instants.get(room) == now:
+                        # one cause per instant and room: the server finishes the room's previous cause
+                        # first. Rooms share nothing, so causes of other rooms may share the instant:
+                        # a room's history is the same whichever rooms run beside it (--jobs).
+                        self._seq += 1
+                        heapq.heappush(heap, (now + _INSTANT_GAP_S, item[1], self._seq, item[3], room))
+                        continue
+                    else:
+                        instants[room] = now
                 step = item[3]
-                self._last_instant = now
                 step()
                 if self.progress is not None and now >= next_progress:
                     self.progress(now)
@@ -287,7 +367,7 @@ def arrivals(scenario: Scenario, rooms: list[str]) -> list[tuple[float, str]]:
 class Conn:
     """One connection of an agent: records what it sends and receives, and numbers its requests."""
 
-    __slots__ = ("_refs", "agent", "closed", "number", "open", "protocol", "transport", "welcomed")
+    __slots__ = ("_id_rng", "_refs", "agent", "closed", "number", "open", "protocol", "transport", "welcomed")
 
     def __init__(self, agent: Agent, number: int) -> None:
         self.agent = agent
@@ -297,13 +377,23 @@ class Conn:
         self.closed = False
         self.welcomed = False
         self.transport: MemoryTransport | TcpTransport | None = None
+        self._id_rng: Random | None = None
         agent.record({"t": 0.0, "agent": agent.name, "conn": number, "kind": "connect", "role": agent.role,
                       "room": agent.room})
         self.protocol = agent.world.network.open(self)
 
+    def new_patient_id(self) -> str:
+        """The id an in-process server gives this connection's patient: 128 bits drawn from the seed,
+        the agent and the connection, so that it does not depend on which rooms share the process."""
+        rng = self._id_rng
+        if rng is None:
+            rng = self._id_rng = Random(f"{self.agent.world.seed}/patient-id/{self.agent.name}/{self.number}")
+        return base64.urlsafe_b64encode(rng.getrandbits(128).to_bytes(16, "big")).rstrip(b"=").decode("ascii")
+
     # ConnectionHandler
     def on_open(self) -> None:
         self.open = True
+        self.agent.world.unreachable = 0
         self.agent.on_open(self)
 
     def on_frame(self, frame: dict[str, Any], size: int) -> None:
@@ -328,6 +418,9 @@ class Conn:
         if not size:
             return False
         agent = self.agent
+        token = frame.get("token")
+        if isinstance(token, str):  # a clinician's token opens the room: the history keeps its length only
+            frame = {**frame, "token": len(token)}
         agent.record(frame_record(agent.name, self.number, "out", size, frame))
         return True
 
@@ -468,6 +561,7 @@ class _Marker(Agent):
         self.world = world
         self.index = -1
         self.name = "world"
+        self.room = None  # type: ignore[assignment]  # every room
 
 
 # --------------------------------------------------------------------------- patients
@@ -643,6 +737,12 @@ class Clinician(Agent):
         self.slow = self.rng.random() < world.scenario.slow_reader_fraction
         # the ref of an unanswered start_call or end_call -> its patient, or "end_call"
         self._call_refs: dict[str, str] = {}
+        self.limits: dict[str, Any] = {}  # as the welcome lists them (R41-R45)
+        self.departed: list[str] = []  # patients who left, newest last (a few)
+        self.erased: list[str] = []  # departed patients whose conversation was erased, newest last
+        self._probed_text = False  # R41: one over-long text per run
+        self._probed_rate = False  # R43: one burst past the rate limit per run
+        self._probed_input = False  # R40: one request of an unknown type
         self._habits = list(world.scenario.habits)
         self._habit_weights = list(itertools.accumulate(world.scenario.habits.values()))
 
@@ -679,6 +779,10 @@ class Clinician(Agent):
             return  # an older connection's last frames
         kind = frame.get("type")
         now = self.world.now()
+        if kind == "error" and not conn.welcomed:
+            code = str(frame.get("code"))[:40]
+            hint = _REFUSAL_HINTS.get(code)
+            self.world.hello_refused(f"error {code}" + (f": {hint}" if hint else ""))
         if kind == "message":
             seen = self.present.get(frame.get("patient", ""))
             if seen is not None:
@@ -695,13 +799,33 @@ class Clinician(Agent):
         elif kind == "patient_left":
             patient = frame.get("patient")
             self.present.pop(str(patient), None)
+            if isinstance(patient, str):
+                _remember(self.departed, patient)
             if patient == self.call:
                 self.call = None
                 self.call_ending = False
             if self.closing and not self.present:
                 self._final_barrier(conn)
+        elif kind == "erased":
+            patient = frame.get("patient")
+            if isinstance(patient, str) and patient in self.departed:
+                _remember(self.erased, patient)
         elif kind == "welcome":
             conn.welcomed = True
+            self.world.clinician_welcomed = True
+            limits = frame.get("limits")
+            self.limits = limits if isinstance(limits, dict) else {}
+            before = self.present
+            queue = frame.get("queue")
+            stayed = isinstance(queue, list) and any(
+                isinstance(entry, dict) and entry.get("patient") in before for entry in queue)
+            if not stayed:
+                # With no clinician connected and no patient present the room may have gone idle, and
+                # a server may then forget its departed ids (not_found, not patient_gone): the
+                # departures to remember are those since now. A patient present before and after
+                # was present throughout, and then the room never went idle.
+                self.departed.clear()
+                self.erased.clear()
             self.present = {
                 str(entry["patient"]): _Seen(str(entry["state"]), int(entry["unread"]))
                 for entry in frame.get("queue", [])
@@ -724,7 +848,11 @@ class Clinician(Agent):
             if self.world.phase == "teardown":
                 self.teardown()
         elif kind == "ok" and self.closing and frame.get("ref") == self._barrier_ref:
-            conn.close()
+            if self.world.virtual:
+                # in-process, the console stays open: the server's shutdown closes it (R46)
+                self.finish()
+            else:
+                conn.close()
         elif kind == "error":
             asked = self._call_refs.pop(str(frame.get("ref")), None)
             if asked is not None and (asked == "end_call" or self.call == asked):
@@ -738,6 +866,12 @@ class Clinician(Agent):
     def on_close(self, conn: Conn, code: int, by: str) -> None:
         if conn is not self.conn:
             return
+        if not conn.welcomed and by != "client":
+            if by == "rejected":
+                self.world.hello_refused("the WebSocket upgrade was refused: is the URL's path right?")
+            else:
+                hint = _CLOSE_HINTS.get(code)
+                self.world.hello_refused(f"closed with {code}" + (f": {hint}" if hint else ""))
         if self.closing:
             self.finish()
             return
@@ -766,6 +900,14 @@ class Clinician(Agent):
         if world.phase == "healing":
             self._heal_step(conn)
             return
+        if not self._probed_text and self.present and self._too_long_text(conn):
+            return
+        if not self._probed_rate and self._burst(conn):
+            return
+        if not self._probed_input:
+            self._probed_input = True
+            conn.send({"type": "wave"})  # R40: a type the protocol does not know answers unknown_type
+            return
         rng = self.rng
         waiting = [p for p, seen in self.present.items() if seen.state == "waiting"]
         if self.call is None and waiting and rng.random() < scenario.call_probability:
@@ -775,6 +917,10 @@ class Clinician(Agent):
                 self.call = patient
                 self.present[patient].state = "in_call"
                 self.after(self.sample(scenario.call_length), self._end_call)
+            return
+        erased = self.erased
+        if erased and rng.random() < 0.3:
+            conn.send({"type": "open_chat", "patient": erased.pop(0)})  # erased and gone: not_found (R13)
             return
         box = self.box_patient
         if box is not None and box not in self.present and rng.random() < 0.25:
@@ -831,6 +977,38 @@ class Clinician(Agent):
             seen.contacted = True
             seen.last_patient_msg = -1.0
             seen.answered_at = self.world.now()
+
+    def _too_long_text(self, conn: Conn) -> bool:
+        """R41: once a run, a text one character over the limit the welcome lists (``too_large``)."""
+        self._probed_text = True
+        most = self.limits.get("max_text_chars")
+        frame_bytes = self.limits.get("max_frame_bytes")
+        if not isinstance(most, int) or isinstance(most, bool) or not 0 < most < 100_000:
+            return False
+        if isinstance(frame_bytes, int) and frame_bytes < most + 512:
+            return False  # the frame itself would be too big: that is R41's other half, not this one
+        patient = min(self.present)
+        text = ("please wait " * (most // 12 + 2))[:most + 1]  # ASCII: characters = bytes
+        conn.send({"type": "send", "patient": patient, "text": text, "client_ts": self.world.client_ts()})
+        return True
+
+    def _burst(self, conn: Conn) -> bool:
+        """R43: once a run, pings past the rate limit's burst at one instant (some ``rate_limited``).
+
+        Not when the server would drop the connection for the answers piling up (R42), nor for a
+        slow reader."""
+        self._probed_rate = True
+        burst = self.limits.get("rate_burst")
+        queued = self.limits.get("max_queued_frames")
+        if not isinstance(burst, int) or isinstance(burst, bool) or not 0 < burst <= 1000 or self.slow:
+            return False
+        count = burst + 10
+        if isinstance(queued, int) and queued < 4 * count:
+            return False
+        for _ in range(count):
+            if not conn.send({"type": "ping"}):
+                break
+        return True
 
     def _end_call(self) -> None:
         conn = self.live
@@ -906,8 +1084,49 @@ class Clinician(Agent):
     def _final_barrier(self, conn: Conn) -> None:
         if conn is not self.conn or not conn.open or self._barrier_ref is not None:
             return
+        if self._last_words(conn):
+            self.after(0.5, lambda: self._final_barrier(conn))
+            return
         if conn.send({"type": "ping"}):
             self._barrier_ref = str(conn.last_ref)
+
+    _said_last_words = False
+
+    def _last_words(self, conn: Conn) -> bool:
+        """At the end of the day, once: a late reply to a patient who has left (R9, ``patient_gone``)
+        and a look at an erased departed patient's conversation (R13, ``not_found``)."""
+        if self._said_last_words:
+            return False
+        self._said_last_words = True
+        gone = [p for p in self.departed if p not in self.present]
+        if not gone:
+            return False
+        text = make_text(self.rng, int(self.sample(self.world.scenario.clinician_text_chars)))
+        conn.send({"type": "send", "patient": gone[-1], "text": text, "client_ts": self.world.client_ts()})
+        erased = [p for p in self.erased if p not in self.present]
+        if erased:
+            conn.send({"type": "open_chat", "patient": erased[0]})
+        return True
+
+
+# Why a clinician's hello may be refused, in words a user can act on.
+_REFUSAL_HINTS: Final = {
+    "unauthorized": "the token does not match: is --secret (or QUEUECHAT_SECRET) the server's secret?",
+    "capacity": "the server holds no more rooms (max_rooms)",
+    "hello_required": "the server did not take the hello in time",
+}
+_CLOSE_HINTS: Final = {
+    1009: "the hello was over the server's max_frame_bytes",
+    1013: "the server is at capacity",
+    1006: "the connection ended without a close frame",
+}
+
+
+def _remember(ids: list[str], patient: str, keep: int = 16) -> None:
+    if patient in ids:
+        ids.remove(patient)
+    ids.append(patient)
+    del ids[:-keep]
 
 
 class JumpingClock(trio.abc.Clock):

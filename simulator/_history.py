@@ -29,9 +29,10 @@ to wake the connections' tasks within an instant never reaches the file.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, TypeGuard
 
 import msgspec
 
@@ -175,8 +176,109 @@ def frame_record(agent: str, conn: int, direction: str, size: int, frame: dict[s
             "frame": redacted(frame)}
 
 
+def _is_number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# Header fields: name -> (check, what it must be, may it be null or absent).
+_HEADER_FIELDS: Final[dict[str, tuple[Callable[[Any], bool], str, bool]]] = {
+    "scenario": (lambda v: isinstance(v, str), "a string", False),
+    "seed": (_is_int, "an integer", False),
+    "mode": (lambda v: v in ("virtual", "socket"), "\"virtual\" or \"socket\"", False),
+    "heal_ms": (_is_number, "a number of milliseconds", True),
+    "end_ms": (_is_number, "a number of milliseconds", True),
+    "duration_ms": (_is_number, "a number of milliseconds", True),
+    "epoch_ms": (_is_number, "a number of milliseconds", True),
+    "rooms": (lambda v: isinstance(v, list) and all(isinstance(r, str) for r in v), "a list of room names",
+              True),
+    "limits": (lambda v: isinstance(v, dict), "an object", True),
+    "pace": (lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values()),
+             "an object of numbers", True),
+    "jobs": (_is_int, "an integer", True),
+}
+_KINDS: Final = ("connect", "frame", "action", "close", "end")
+
+
+def validate_header(header: Any) -> str | None:
+    """What is wrong with a history's header (None: nothing); names the field."""
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        return f"not a queuechat history (no \"format\": \"{FORMAT}\" header)"
+    if header.get("version") != VERSION:
+        return f"history format version {header.get('version')!r}; this checker reads version {VERSION}"
+    for name, (check, what, optional) in _HEADER_FIELDS.items():
+        value = header.get(name)
+        if value is None and optional:
+            continue
+        if not check(value):
+            return f"header field \"{name}\" must be {what}, not {_shown(value)}"
+    heal, end = header.get("heal_ms"), header.get("end_ms")
+    if _is_number(heal) and _is_number(end) and heal > end:
+        return f"header field \"heal_ms\" ({heal}) is after \"end_ms\" ({end})"
+    return None
+
+
+def validate_record(record: Any, last_t: float) -> str | None:
+    """What is wrong with one record (None: nothing); names the field."""
+    if not isinstance(record, dict):
+        return "a record must be a JSON object"
+    t = record.get("t")
+    if not _is_number(t):
+        return f"field \"t\" must be a number of milliseconds, not {_shown(t)}"
+    if t < last_t:
+        return f"field \"t\" goes back in time ({t} after {last_t}): records are in time order"
+    kind = record.get("kind")
+    if kind not in _KINDS:
+        return f"field \"kind\" must be one of {', '.join(_KINDS)}, not {_shown(kind)}"
+    if kind == "end":
+        records = record.get("records")
+        return None if _is_int(records) else f"field \"records\" must be an integer, not {_shown(records)}"
+    if not isinstance(record.get("agent"), str):
+        return f"field \"agent\" must be a string, not {_shown(record.get('agent'))}"
+    if not _is_int(record.get("conn")):
+        return f"field \"conn\" must be an integer, not {_shown(record.get('conn'))}"
+    if kind == "connect":
+        if record.get("role") not in ("patient", "clinician"):
+            return f"field \"role\" must be \"patient\" or \"clinician\", not {_shown(record.get('role'))}"
+        if not isinstance(record.get("room"), str):
+            return f"field \"room\" must be a string, not {_shown(record.get('room'))}"
+    elif kind == "frame":
+        if record.get("dir") not in ("in", "out"):
+            return f"field \"dir\" must be \"in\" or \"out\", not {_shown(record.get('dir'))}"
+        frame = record.get("frame")
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            return f"field \"frame\" must be an object with a string \"type\", not {_shown(frame)}"
+    elif kind == "action":
+        if not isinstance(record.get("action"), str):
+            return f"field \"action\" must be a string, not {_shown(record.get('action'))}"
+    elif kind == "close":
+        if not _is_int(record.get("code")):
+            return f"field \"code\" must be an integer, not {_shown(record.get('code'))}"
+        if not isinstance(record.get("by"), str):
+            return f"field \"by\" must be a string, not {_shown(record.get('by'))}"
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A field's value for an error message: its JSON type, and the value only when it is short and not
+    a string (a string could be a patient's text in a hand-edited file)."""
+    if value is None:
+        return "null (or absent)"
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    if isinstance(value, (dict, list)):
+        return "an object" if isinstance(value, dict) else "a list"
+    text = repr(value)
+    return text if len(text) <= 20 else type(value).__name__
+
+
 def read_history(path: Path) -> tuple[dict[str, Any], Iterator[tuple[int, dict[str, Any]]]]:
-    """The header and an iterator of (line number, record); errors name the file and line."""
+    """The header and an iterator of (line number, record), each validated on reading: a damaged file
+    (a field of the wrong type, a record after the end, no end record: cut short) raises
+    :class:`HistoryError` naming the file, the line and the field."""
     try:
         with open(path, "rb") as handle:
             first = handle.readline()
@@ -186,25 +288,44 @@ def read_history(path: Path) -> tuple[dict[str, Any], Iterator[tuple[int, dict[s
         header = _decode(first)
     except msgspec.DecodeError:
         raise HistoryError(f"{path}:1: not a queuechat history (the first line is not JSON)") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise HistoryError(f"{path}:1: not a queuechat history (no \"format\": \"{FORMAT}\" header)")
-    if header.get("version") != VERSION:
-        raise HistoryError(f"{path}:1: history format version {header.get('version')!r}; "
-                           f"this checker reads version {VERSION}")
+    problem = validate_header(header)
+    if problem is not None:
+        raise HistoryError(f"{path}:1: {problem}")
 
     def records() -> Iterator[tuple[int, dict[str, Any]]]:
+        last_t = 0.0
+        ended: int | None = None
+        count = 0
         with open(path, "rb") as handle:
             handle.readline()
+            number = 1
             for number, line in enumerate(handle, start=2):
                 if not line.strip():
                     continue
+                if ended is not None:
+                    raise HistoryError(f"{path}:{number}: a record after the end record (line {ended})")
+                if not line.endswith(b"\n"):
+                    raise HistoryError(f"{path}:{number}: the last line is cut short (no line end): the file "
+                                       "is truncated")
                 try:
                     record = _decode(line)
                 except msgspec.DecodeError:
                     raise HistoryError(f"{path}:{number}: not a JSON object") from None
-                if not isinstance(record, dict) or "kind" not in record or "t" not in record:
-                    raise HistoryError(f"{path}:{number}: a record needs \"t\" and \"kind\"")
+                problem = validate_record(record, last_t)
+                if problem is not None:
+                    raise HistoryError(f"{path}:{number}: {problem}")
+                last_t = float(record["t"])
+                if record["kind"] == "end":
+                    ended = number
+                    if record["records"] != count:
+                        raise HistoryError(f"{path}:{number}: the end record counts {record['records']} "
+                                           f"records, the file has {count}: records are missing or added")
+                else:
+                    count += 1
                 yield number, record
+        if ended is None:
+            raise HistoryError(f"{path}:{number}: the history ends without its end record: the file is "
+                               "truncated (or the run was interrupted before it could finish the file)")
 
     return header, records()
 

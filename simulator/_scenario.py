@@ -23,7 +23,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from random import Random
-from typing import Any
+from typing import Any, Final
 
 from reference_server.protocol import Limits
 
@@ -169,6 +169,26 @@ class Scenario:
         return self.duration_s - self.healing_s
 
 
+def pace(scenario: Scenario, speed: float = 1.0) -> dict[str, float | int]:
+    """The scenario's mean times (ms) and arrival rate, for the history's header.
+
+    The checker derives from them how long the healing phase must be before it can fairly
+    judge liveness (every waiting patient answered); without them it cannot say. A run
+    compressed ``speed`` times (over sockets) has its times divided and its rate multiplied.
+    """
+    def ms(dist: Dist) -> float:
+        return round(dist.mean * 1000.0 / speed, 3)
+
+    return {
+        "clinician_think_ms": ms(scenario.think_time),
+        "clinician_typing_ms": ms(scenario.typing_time),
+        "patient_message_interval_ms": ms(scenario.message_interval),
+        "patient_reply_delay_ms": ms(scenario.reply_delay),
+        "arrivals_per_hour_per_room": round(scenario.arrival_rate_per_hour * speed, 6),
+        "rooms": scenario.rooms,
+    }
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -309,6 +329,20 @@ class _Table:
             )
 
 
+# The shortest mean think time or message interval: each is a loop of steps, and a zero one would
+# spin forever at one instant (and a very short one floods the server far past any real clinic).
+MIN_LOOP_MEAN_S: Final = 0.05
+
+
+def _not_too_quick(table: _Table, name: str, dist: Dist) -> None:
+    if not dist.mean >= MIN_LOOP_MEAN_S:
+        raise ScenarioError(
+            f"{table.file}: {table.key(name)}: expected a distribution with a mean of at least "
+            f"{MIN_LOOP_MEAN_S * 1000:g}ms (a step repeated with no time between would never end), "
+            f"got a mean of {dist.mean * 1000:g}ms"
+        )
+
+
 def _parse_size(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         return None
@@ -434,6 +468,7 @@ def parse(data: dict[str, Any], file: str, default_name: str = "scenario") -> Sc
 
     patients = top.table("patients")
     message_interval = patients.dist("message_interval", {"dist": "exponential", "mean": "60s"})
+    _not_too_quick(patients, "message_interval", message_interval)
     text_chars = patients.dist("text_chars", {"dist": "lognormal", "median": 60, "sigma": 0.8}, unit="size",
                                cap=float(limits.max_text_chars))
     patience = patients.dist("patience", {"dist": "exponential", "mean": "40m"})
@@ -447,6 +482,7 @@ def parse(data: dict[str, Any], file: str, default_name: str = "scenario") -> Sc
 
     clinicians = top.table("clinicians")
     think_time = clinicians.dist("think_time", {"dist": "exponential", "mean": "20s"})
+    _not_too_quick(clinicians, "think_time", think_time)
     typing_time = clinicians.dist("typing_time", {"dist": "uniform", "min": "2s", "max": "15s"})
     clinician_reply = clinicians.probability("reply_probability", 0.9)
     max_parallel = clinicians.integer("max_parallel_chats", 4, 1, 500)

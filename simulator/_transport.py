@@ -335,6 +335,7 @@ class _ServerEnd(trio.abc.Stream):
 
     def __init__(self, client: MemoryTransport) -> None:
         self._client = client
+        self._writers: list[trio.lowlevel.Task] = []  # the server's tasks that wrote to this connection
         self._incoming = bytearray()
         self._eof = False  # the client will write no more
         self._closed = False
@@ -372,6 +373,10 @@ class _ServerEnd(trio.abc.Stream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         client = self._client
+        task = trio.lowlevel.current_task()
+        if task not in self._writers:
+            self._writers.append(task)
+            client.network.writers[task] = client
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("stream closed")
@@ -388,6 +393,9 @@ class _ServerEnd(trio.abc.Stream):
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
+            for task in self._writers:
+                self._client.network.writers.pop(task, None)
+            self._writers.clear()
             self._readable.unpark_all()
             self._client.server_closed()
         await trio.lowlevel.checkpoint()
@@ -396,12 +404,13 @@ class _ServerEnd(trio.abc.Stream):
 class MemoryTransport:
     """The client's side of one in-memory connection; it has no task of its own."""
 
-    __slots__ = ("_network", "_paused", "_pending", "backlog", "drained", "gone", "on_held", "protocol",
-                 "server", "slow")
+    __slots__ = ("_network", "_paused", "_pending", "backlog", "drained", "gone", "on_held", "owner",
+                 "protocol", "server", "slow")
 
     def __init__(self, network: MemoryNetwork, protocol: ClientProtocol) -> None:
         self._network = network
         self.protocol = protocol
+        self.owner: Any = None  # the simulator's connection object, for the seeded patient ids
         self.server = _ServerEnd(self)
         self.gone = False  # the client dropped or finished
         self._paused = False  # stalled: takes nothing
@@ -484,6 +493,10 @@ class MemoryTransport:
     def held(self) -> int:
         return len(self._pending)
 
+    @property
+    def network(self) -> MemoryNetwork:
+        return self._network
+
 
 class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
     """Hands the server the server ends of in-memory connections."""
@@ -518,9 +531,19 @@ class MemoryNetwork:
         self.listener = MemoryListener()
         self.failure: BaseException | None = None
         self.on_failure: Callable[[], None] | None = None
+        # The server's tasks that write to a connection -> that connection. The server handles a
+        # hello in the task that wrote the handshake's answer, so an in-process server's id
+        # generator can tell whose hello it is answering (ids per agent, not per call order).
+        self.writers: dict[trio.lowlevel.Task, MemoryTransport] = {}
 
-    def connect(self, protocol: ClientProtocol, target: str) -> MemoryTransport:
+    def owner_of_current_task(self) -> Any:
+        """The connection the current server task writes to (its ``owner``), or None."""
+        transport = self.writers.get(trio.lowlevel.current_task())
+        return transport.owner if transport is not None else None
+
+    def connect(self, protocol: ClientProtocol, target: str, owner: Any = None) -> MemoryTransport:
         transport = MemoryTransport(self, protocol)
+        transport.owner = owner
         self.listener.connect(transport.server)
         protocol.start(transport, "simulator.invalid", target)
         return transport
@@ -542,8 +565,10 @@ class MemoryNetwork:
 class TcpTransport:
     """One real connection: a writer task drains what the client wrote; a reader task feeds it bytes."""
 
-    def __init__(self, protocol: ClientProtocol, on_failure: Callable[[BaseException], None]) -> None:
+    def __init__(self, protocol: ClientProtocol, on_failure: Callable[[BaseException], None],
+                 on_unreachable: Callable[[OSError], None] | None = None) -> None:
         self.protocol = protocol
+        self._on_unreachable = on_unreachable
         self._outgoing = bytearray()
         self._writable = trio.lowlevel.ParkingLot()
         self._stream: trio.SocketStream | None = None
@@ -584,7 +609,9 @@ class TcpTransport:
         """Connect, then read and write until the connection ends."""
         try:
             self._stream = await trio.open_tcp_stream(host, port)
-        except OSError:
+        except OSError as error:
+            if self._on_unreachable is not None:
+                self._on_unreachable(error)
             task_status.started()
             self.protocol.receive_data(None)
             return

@@ -18,7 +18,7 @@ from variants import VARIANTS
 
 from conformance import GROUPS, SuiteResult, Verdict, all_cases, base_rule, run_suite
 from reference_server._domain import Close, Effect, QueueChatModel, Send, _box_event, _Session
-from reference_server._frames import Error
+from reference_server._frames import Error, Message, Ok, OpenChatOk, SendOk, Unread
 from reference_server.protocol import Limits
 from reference_server.server import QueueChatServer
 
@@ -117,6 +117,40 @@ class CapacityClosesWith1008(QueueChatModel):
         ]
 
 
+class UnreadBeforeMessage(QueueChatModel):
+    """Order: a patient message not shown pushes the clinician's ``unread`` before the ``message``."""
+
+    def receive(self, conn: int, raw: str | bytes, now: float) -> list[Effect]:
+        effects = super().receive(conn, raw, now)
+        for index, effect in enumerate(effects):
+            if isinstance(effect, Send) and isinstance(effect.frame, Unread):
+                earlier = next(
+                    (
+                        i
+                        for i in range(index)
+                        if isinstance(effects[i], Send)
+                        and effects[i].conn == effect.conn
+                        and isinstance(effects[i].frame, Message)
+                    ),
+                    None,
+                )
+                if earlier is not None:
+                    effects.insert(earlier, effects.pop(index))
+        return effects
+
+
+class OkBeforeEvents(QueueChatModel):
+    """Order: a request's ``ok`` goes out before the events it causes on the requester's connection."""
+
+    def receive(self, conn: int, raw: str | bytes, now: float) -> list[Effect]:
+        effects = super().receive(conn, raw, now)
+        own = [i for i, e in enumerate(effects) if isinstance(e, Send) and e.conn == conn]
+        answer = next((i for i in own if isinstance(effects[i].frame, Ok | SendOk | OpenChatOk)), None)
+        if answer is not None and own[0] != answer:
+            effects.insert(own[0], effects.pop(answer))
+        return effects
+
+
 @dataclass(frozen=True)
 class Wrong:
     name: str
@@ -170,3 +204,41 @@ async def test_the_suite_catches_a_wrong_server(variant: Wrong, nursery: trio.Nu
     assert suite.exit_code == 1
     for result in failing:
         assert result.failure is not None and result.wire, result.case.id
+
+
+async def test_the_order_cases_catch_frames_in_the_wrong_order(nursery: trio.Nursery) -> None:
+    """A server that sends ``unread`` before ``message`` fails the ``order.*`` cases whose cause is a
+    patient message not shown, and every case that fails says the frames came in the wrong order."""
+    with trio.fail_after(60):
+        suite = await run_against(nursery, UnreadBeforeMessage, grace_s=0.5)
+    by_id = suite.by_id()
+    for case_id in (
+        "order.message-chat-box-unread-notify",
+        "order.message-unread-notify",
+        "order.chat-box-unread-before-ok",
+        "order.erased-chat-box-chat-box-unread-before-ok",
+    ):
+        assert by_id[case_id].verdict is Verdict.FAIL, _summary(suite)
+    for case_id in ("order.patient-left-erased", "order.patient-left-chat-box", "order.message-chat-box"):
+        assert by_id[case_id].verdict is Verdict.PASS, _summary(suite)  # no unread in these causes
+    swapped = "frames in the wrong order: frame 1 (unread) came before frame 2 (message)"
+    for result in suite.results:
+        if result.verdict is Verdict.FAIL:
+            assert swapped in result.reason, result.case.id
+    assert suite.exit_code == 1
+
+
+async def test_the_order_cases_catch_an_ok_before_its_events(nursery: trio.Nursery) -> None:
+    """A server that answers ``ok`` before the events the request causes on the same connection fails
+    every ``order.*-before-ok`` case, saying the ok came first."""
+    with trio.fail_after(60):
+        suite = await run_against(nursery, OkBeforeEvents, grace_s=0.5)
+    by_id = suite.by_id()
+    before_ok = [c for c in by_id if c.startswith("order.") and c.endswith("before-ok")]
+    assert len(before_ok) == 5
+    for case_id in before_ok:
+        assert by_id[case_id].verdict is Verdict.FAIL, _summary(suite)
+        assert "frames in the wrong order: frame 1 (ok) came before" in by_id[case_id].reason
+    for case_id in ("order.patient-left-erased", "order.message-unread-notify"):
+        assert by_id[case_id].verdict is Verdict.PASS, _summary(suite)  # not caused by a request of C's
+    assert suite.exit_code == 1

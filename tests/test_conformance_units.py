@@ -38,7 +38,14 @@ def test_a_sequence_matches_exactly_in_order() -> None:
     ]
     items = [message("p1", 1, "patient", "hi"), unread("p1", 1)]
     assert match_sequence(items, frames) is None
-    assert match_sequence(items[::-1], frames) == "frame 1: expected unread, saw message"
+    # The right frames in another order: the reason names the swapped pair and the contract's order.
+    why = match_sequence(items[::-1], frames)
+    assert why is not None
+    assert why.startswith("frames in the wrong order: frame 1 (message) came before frame 2 (unread)")
+    assert "patient_left, erased, message, chat_box, unread, notify" in why
+    # Different frames, not a reordering: the first mismatch, as before.
+    other = [unread("p1", 1), unread("p1", 2)]
+    assert match_sequence(other, frames) == "frame 1: expected unread, saw message"
     assert match_sequence([*items, notify("p1", 1)], frames) == "missing frame 3: expected notify"
     assert match_sequence(items[:1], frames) == "frame 2 (unread) was not expected"
 
@@ -128,7 +135,7 @@ def test_case_selection_by_globs() -> None:
 def test_every_case_is_tied_to_a_contract_rule_and_described() -> None:
     """Ids are RULE.kebab-name with a rule of the contract; each has a description and its steps."""
     rules = {f"R{n}" for n in [*range(1, 14), 20, 30, 31, *range(40, 47)]}
-    sections = {"transport", "identity", "console", "lifecycle"}
+    sections = {"transport", "order", "identity", "console", "lifecycle"}
     cases = all_cases()
     assert len(cases) == len(CASES) >= 60
     for case in cases.values():

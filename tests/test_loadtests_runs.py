@@ -12,7 +12,8 @@ reference server or a test server), bounded in time: what they measure, merge, d
   gives at least R*S/2 corrected samples above S/2 (a closed-model generator would give a handful).
 - ``locust -f loadtests/locustfile.py`` itself, under the web UI with two worker processes, against a
   sink that refuses and drops some sends: the timeline's errors and disconnects, merged from both
-  workers, add up to the summary's.
+  workers, add up to the summary's, and Locust's own ``--exit-code-on-error`` is the exit code of a
+  run that passed its (absent) SLOs with errors.
 """
 
 from __future__ import annotations
@@ -219,8 +220,10 @@ def test_the_summary_says_what_ran_and_the_seed(two_worker_run: Run) -> None:
                        "workers": 2, "patients_per_room": 2, "text_chars": 64, "interval_s": 1.0,
                        "slo": str((two_worker_run.out.parent / "impossible.toml").resolve()), "seed": seed,
                        "server": REFERENCE_SERVER}
-    assert set(summary["run"]) == {"started", "ended", "duration_s", "host", "users", "rate_per_user",
+    assert set(summary["run"]) == {"started", "ended", "duration_s", "planned_duration_s", "drain_s",
+                                   "drain_waited_s", "finished", "host", "users", "rate_per_user",
                                    "patients_per_room", "text_chars", "interval_s", "role", "workers"}
+    assert summary["run"]["planned_duration_s"] == 4 and abs(summary["run"]["duration_s"] - 4) < 0.5
     workers = [json.loads(path.read_text()) for path in (two_worker_run.out / "workers").glob("*.json")]
     assert [worker["seed"] for worker in workers] == [seed, seed]  # handed to the workers with the options
     assert f"; seed {seed}; results in" in two_worker_run.output  # said when it starts
@@ -350,10 +353,11 @@ def test_the_locust_file_runs_under_locusts_web_ui_with_workers(tmp_path: Path) 
             [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", url,
              "--web-host", "127.0.0.1", "--web-port", str(_free_port()), "--autostart", "--autoquit", "0",
              "-u", "4", "-r", "4", "-t", "3s", "--processes", "2", "--master-bind-host", "127.0.0.1",
-             "--master-bind-port", str(port), "--master-port", str(port),
+             "--master-bind-port", str(port), "--master-port", str(port), "--exit-code-on-error", "7",
              "--qc-rate", "10", "--qc-out", str(out)]),
             capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # No SLO failed, but requests did: Locust's own option decides, as it does without this plugin.
+    assert done.returncode == 7, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["verdict"] == "pass" and summary["run"]["workers"] == 2
     workers = [json.loads(path.read_text()) for path in sorted((out / "workers").glob("*.json"))]

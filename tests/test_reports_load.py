@@ -155,6 +155,33 @@ def test_an_invalid_run_is_flagged_with_its_reason(tmp_path: Path) -> None:
     assert "generator local was short of CPU for 3.0 s" in text
 
 
+def test_the_page_shows_planned_sent_and_delivered_messages_per_second(tmp_path: Path) -> None:
+    """The slow run was recorded with the summary's messages block (planned / sent / delivered)."""
+    messages = json.loads((DATA / "load-slow" / "summary.json").read_text())["messages"]
+    _, text = read_page(write_load_report(DATA / "load-slow", tmp_path / "out").html)
+    assert (
+        f"Message rate: planned {messages['planned_per_s']:,.1f}/s, sent {messages['sent_per_s']:,.1f}/s "
+        f"({messages['sent']:,} of {messages['planned']:,} due), delivered "
+        f"{messages['delivered_per_s']:,.1f}/s ({messages['delivered']:,})"
+    ) in text
+    assert "still undelivered after the 3 s drain window" in text
+
+
+def test_an_incomplete_run_says_so_with_its_planned_and_actual_length(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(DATA / "load-slow", run)
+    summary = json.loads((run / "summary.json").read_text())
+    said = "the run was interrupted: its send schedule ran 3.2 s of the planned 8 s"
+    summary["validity"] = {"valid": False, "complete": False, "problems": [said], "warnings": []}
+    summary["verdict"] = "incomplete"
+    summary["run"]["duration_s"] = 3.2
+    (run / "summary.json").write_text(json.dumps(summary))
+    _, text = read_page(write_load_report(run, tmp_path / "out").html)
+    assert "INCOMPLETE RUN: it was stopped before its planned end" in text and said in text
+    assert "3.2 s of the planned 8.0 s" in text
+    assert "PASS" not in text and "Incomplete run" in text
+
+
 def test_a_run_without_a_timeline_still_reports_and_says_what_is_missing(tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(DATA / "load-small", run)

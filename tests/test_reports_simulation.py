@@ -403,3 +403,41 @@ def test_text_and_names_in_a_history_never_reach_the_report(tmp_path: Path) -> N
     assert rows[0][1] == "(withheld: it quotes text from the history)"
     assert rows[1][2] == "(withheld: it quotes text from the history)"
     assert len(rows) == len(document["violations"])  # withheld, not dropped
+
+
+# --------------------------------------------------------------------------- rules exercised, liveness, notes
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ReportResult]:
+    """A short run written now, as `queuechat simulate` writes it (history and summary)."""
+    from queuechat._simulate import _summary_document
+    from simulator import history_name, load_scenario, run_in_process
+
+    folder = tmp_path_factory.mktemp("fresh")
+    scenario = load_scenario("quiet_morning").with_duration(60.0)
+    result = run_in_process(scenario, folder / history_name(scenario))
+    (folder / history_name(scenario)).with_suffix(".summary.json").write_text(
+        json.dumps(_summary_document(result)), encoding="utf-8")
+    return folder, write_simulation_report(folder, folder / "report")
+
+
+def test_the_report_shows_each_rules_exercises_violations_and_notes(fresh: tuple[Path, ReportResult]) -> None:
+    folder, report = fresh
+    summary = summary_of(folder)["summary"]
+    rows = body(parse(report).tables["rules-exercised"])
+    assert [row[0] for row in rows] == list(summary["exercised"])  # every rule of the contract, in order
+    assert {row[0]: int(row[2]) for row in rows} == summary["exercised"]
+    assert all(row[3] == "0" for row in rows)
+    never = [rule for rule, n in summary["exercised"].items() if n == 0]
+    assert never, "a one-minute run leaves rules unexercised"
+    html = report.html.read_text(encoding="utf-8")
+    assert f"Exercised zero times, so not tested by this run: {', '.join(never)}." in html
+
+
+def test_the_report_says_liveness_was_not_judged_and_why(fresh: tuple[Path, ReportResult]) -> None:
+    folder, report = fresh
+    liveness = summary_of(folder)["summary"]["liveness"]
+    assert liveness["judged"] is False  # a 30 s healing phase is too short for quiet_morning's pace
+    html = report.html.read_text(encoding="utf-8")
+    assert "Liveness: not judged: " in html and "healing" in html

@@ -162,6 +162,9 @@ def test_a_message_missing_from_the_console_is_reported_as_never_delivered(tmp_p
                  and record["frame"]["patient"] in left)
     assert not check_history(history).violations
     broken = tmp_path / history.name
-    broken.write_text("\n".join(lines[:index] + lines[index + 1:]) + "\n")
+    end = records[-1]
+    end["records"] -= 1  # the end record counts the records: one fewer, or the file is damaged
+    kept = lines[:index] + lines[index + 1:-1] + [json.dumps(end, separators=(",", ":"))]
+    broken.write_text("\n".join(kept) + "\n")
     found = check_history(broken).violations
     assert any(v.rule == "R1" and "never reached the clinician's console" in v.message for v in found), found

@@ -11,6 +11,7 @@ from . import (  # noqa: F401 - imported to register their cases
     identity,
     leaving,
     limits,
+    order,
     room_settings,
     transport,
 )

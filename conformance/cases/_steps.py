@@ -21,7 +21,7 @@ from .._expect import (
     send_ok,
     unread,
 )
-from .._patterns import ABSENT, Item, Unordered
+from .._patterns import ABSENT, Item, Repeat, Unordered, close
 
 
 async def open_chat(
@@ -168,3 +168,16 @@ async def leave(
     await t.request(
         p, {"type": "leave"}, answer=ok(), close=1000, events=events, title=title or f"{p.label} leaves"
     )
+
+
+def replaced_console() -> list[Item]:
+    """What a clinician connection replaced by a newer hello may receive (R12): ``erased{refresh}`` for
+    each conversation it held (the contract says it *may*), the box closing and badges going to 0 as
+    pushes (each change of the box and of a badge may be pushed; a server may also push nothing, as the
+    connection is going), in the contract's order, then the 4000 close."""
+    return [
+        Repeat({"type": "erased", "reason": "refresh", "ref": ABSENT}, 0, 64),
+        Repeat({"type": "chat_box", "state": "closed", "patient": None, "ref": ABSENT}, 0, 1),
+        Repeat({"type": "unread", "count": 0, "ref": ABSENT}, 0, 64),
+        close(4000),
+    ]

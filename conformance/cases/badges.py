@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from .._context import CaseContext
 from .._expect import box_view, clinician_welcome, ok, provider_status, queue_entry, send_ok, stored
-from .._patterns import Repeat, close
 from .._registry import group
-from ._steps import leave, open_chat, patient_writes
+from ._steps import leave, open_chat, patient_writes, replaced_console
 
 case = group("badges")
 
@@ -131,7 +130,7 @@ async def setting_survives_refresh(t: CaseContext) -> None:
         answer=clinician_welcome(
             settings={"chat_notifications": False}, chat_box=box_view("closed", None, False)
         ),
-        events={c: [Repeat({"type": "erased", "reason": "refresh"}), close(4000)]},
+        events={c: replaced_console()},
         lenient=[c, a],
     )
     await patient_writes(t, a, c2, id=1, badge=1, notify_on=False, title="A writes after the refresh")

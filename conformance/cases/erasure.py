@@ -20,7 +20,7 @@ from .._expect import (
     stored,
     unread,
 )
-from .._patterns import Repeat, Unordered, close
+from .._patterns import Unordered
 from .._registry import group
 from ._steps import (
     clinician_writes,
@@ -29,13 +29,11 @@ from ._steps import (
     minimize,
     open_chat,
     patient_writes,
+    replaced_console,
     start_call_while_b_waits,
 )
 
 case = group("erasure")
-
-REFRESH_ERASED = Repeat({"type": "erased", "reason": "refresh"})
-
 
 async def _not_found(t: CaseContext, c: Conn, patient_id: str, label: str) -> None:
     await t.request(
@@ -177,7 +175,7 @@ async def refresh_erases(t: CaseContext) -> None:
         room,
         "C2",
         answer=clinician_welcome(queue=[queue_entry(a, unread=0)], chat_box=box_view("closed", None, False)),
-        events={c: [REFRESH_ERASED, close(4000)]},
+        events={c: replaced_console()},
         lenient=[c, a],
     )
     await _not_found(t, c2, b.pid, "B")
@@ -189,7 +187,7 @@ async def refresh_erases(t: CaseContext) -> None:
     "R12.drop-is-refresh",
     "A dropped clinician connection is a refresh; messages sent while no clinician "
     "is connected are kept and counted",
-    checks=("R30", "R3", "R4", "R10"),
+    checks=("R30", "R3", "R4", "R10", "R13"),
 )
 async def drop_is_refresh(t: CaseContext) -> None:
     """A writes (badge 1); C closes its connection: A gets provider_status away; A writes (ok, id 2); C2 says
@@ -251,7 +249,7 @@ async def refresh_keeps(t: CaseContext) -> None:
             provider_status="on_call",
             chat_box=box_view("closed", None, False),
         ),
-        events={c: [REFRESH_ERASED, close(4000)]},
+        events={c: replaced_console()},
         lenient=[c, a, b],
     )
     text = t.text()

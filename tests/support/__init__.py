@@ -1,0 +1,16 @@
+"""Test support shared by the project's tests: the second, independent server and its launchers.
+
+Nothing here imports the project (see README.md in this folder); tests import ``support.processes``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+DEV_SECRET = "queuechat-development-secret"
+
+
+def clinician_token(secret: str, room: str) -> str:
+    """The contract's clinician token, ``hex(HMAC-SHA256(secret, room))``, without the reference server."""
+    return hmac.new(secret.encode("utf-8"), room.encode("utf-8"), hashlib.sha256).hexdigest()
