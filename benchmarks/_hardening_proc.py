@@ -36,9 +36,12 @@ class ServerProcess:
         python: str = sys.executable,
         ready_timeout_s: float = 30.0,
         cpu: int | None = None,
+        gc_policy: bool = True,
     ) -> None:
         self.workdir = workdir
         args = [python, str(RUNNER), "--limits", json.dumps(limits or {}), "--log-level", log_level]
+        if not gc_policy:
+            args.append("--no-gc-policy")
         if tracemalloc:
             args.append("--tracemalloc")
         if nofile:

@@ -30,6 +30,10 @@ The control channel takes one JSON object per line and answers one per line:
   ``--tracemalloc``): where the Python heap is, by source line (sizes only);
 - ``{"cmd": "gc_pauses"}``: the garbage collector's stop-the-world pauses
   since the last ask, by generation (count, total, longest);
+- ``{"cmd": "gc_state"}``: tracked objects per generation, frozen, counters, thresholds.
+- ``{"cmd": "young"}`` and ``{"cmd": "collect"}``: diagnostics for the GC work of issue 13:
+  what each generation holds now (types, largest containers), and a full collection's
+  unreachable objects by type (``gc.DEBUG_SAVEALL``).
 - ``{"cmd": "gc_freeze"}``: a diagnostic for the capacity run: collect, then
   move every object to the permanent generation (``gc.freeze()``), so that
   the following full collections no longer walk them;
@@ -178,13 +182,15 @@ def search_heap(prefix: str, hashes: set[str], trace: bool = False) -> dict[str,
 
 
 class GcPauses:
-    """Stop-the-world collections, by generation: how many, total and longest (gc.callbacks)."""
+    """Stop-the-world collections, by generation: how many, total, longest and every pause (gc.callbacks)."""
 
     def __init__(self) -> None:
         self.started = 0.0
         self.count = [0, 0, 0]
         self.total_s = [0.0, 0.0, 0.0]
         self.max_s = [0.0, 0.0, 0.0]
+        self.pauses_s: list[float] = []  # every pause since the last take, any generation
+        self.collected = [0, 0, 0]
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -195,13 +201,35 @@ class GcPauses:
         self.count[generation] += 1
         self.total_s[generation] += took
         self.max_s[generation] = max(self.max_s[generation], took)
+        self.collected[generation] += int(info.get("collected", 0))
+        if len(self.pauses_s) < 1_000_000:
+            self.pauses_s.append(took)
 
     def take(self) -> dict[str, Any]:
-        """The figures since the last take."""
+        """The figures since the last take: per generation, and the distribution of all pauses."""
+        pauses = sorted(self.pauses_s)
+
+        def pct(p: float) -> float | None:
+            if not pauses:
+                return None
+            return round(pauses[min(len(pauses) - 1, int(p / 100 * len(pauses)))] * 1000, 2)
+
         out = {"count": self.count, "total_ms": [round(t * 1000, 1) for t in self.total_s],
-               "max_ms": [round(t * 1000, 1) for t in self.max_s]}
+               "max_ms": [round(t * 1000, 1) for t in self.max_s], "collected": self.collected,
+               "pause_p50_ms": pct(50), "pause_p99_ms": pct(99),
+               "pause_max_ms": round(pauses[-1] * 1000, 2) if pauses else None,
+               "pauses_over_10ms": sum(1 for t in pauses if t > 0.010),
+               "pauses_over_50ms": sum(1 for t in pauses if t > 0.050)}
         self.count, self.total_s, self.max_s = [0, 0, 0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+        self.pauses_s, self.collected = [], [0, 0, 0]
         return out
+
+
+def gc_state() -> dict[str, Any]:
+    """The collector's own state: tracked objects per generation (and frozen), counters, thresholds."""
+    return {"objects_per_generation": [len(gc.get_objects(g)) for g in range(3)],
+            "frozen": gc.get_freeze_count(), "counts": list(gc.get_count()),
+            "thresholds": list(gc.get_threshold()), "enabled": gc.isenabled()}
 
 
 gc_pauses = GcPauses()
@@ -217,6 +245,8 @@ def main() -> None:
     parser.add_argument("--limits", default="{}", help="Limits fields as a JSON object (null = off)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--tracemalloc", action="store_true", help="trace Python allocations (slower)")
+    parser.add_argument("--no-gc-policy", action="store_true",
+                        help="run without the server's GC policy (gc.freeze after handshakes), as before it")
     parser.add_argument("--nofile", type=int, default=0, help="raise RLIMIT_NOFILE to this (soft)")
     args = parser.parse_args()
     sys.addaudithook(_audit)
@@ -239,8 +269,10 @@ def main() -> None:
 
     configure_logging(args.log_level)
     limits = Limits(**json.loads(args.limits))
+    # (gc_freeze only when on: the same runner then also drives an older server, for a before/after)
+    policy: dict[str, Any] = {} if args.no_gc_policy else {"gc_freeze": True}
     server = QueueChatServer(secret=os.environ.get("QUEUECHAT_SECRET", DEVELOPMENT_SECRET), limits=limits,
-                             stats_interval_s=None)
+                             stats_interval_s=None, **policy)
 
     def stats(heavy: bool = True) -> dict[str, Any]:
         s = server.statistics()
@@ -297,6 +329,25 @@ def main() -> None:
                         answer = {"frozen": gc.get_freeze_count()}
                     elif command == "gc_pauses":
                         answer = gc_pauses.take()
+                    elif command == "gc_state":
+                        answer = gc_state()
+                    elif command == "collect":  # a diagnostic: how much cyclic garbage there is now
+                        gc.set_debug(gc.DEBUG_SAVEALL)
+                        unreachable = gc.collect()
+                        garbage = Counter(type(o).__qualname__ for o in gc.garbage)
+                        gc.garbage.clear()
+                        gc.set_debug(0)
+                        answer = {"unreachable": unreachable, "types": dict(garbage.most_common(25))}
+                    elif command == "young":  # a diagnostic: what the young generations hold now
+                        out: dict[str, Any] = {}
+                        for g in (0, 1, 2):
+                            objs = gc.get_objects(g)
+                            census = Counter(type(o).__qualname__ for o in objs)
+                            big = sorted(((len(gc.get_referents(o)), type(o).__qualname__) for o in objs),
+                                         reverse=True)[:8]
+                            out[str(g)] = {"n": len(objs), "types": dict(census.most_common(12)), "big": big}
+                            del objs
+                        answer = out
                     elif command == "written":
                         answer = {"paths": sorted(set(_written))}
                     elif command == "shutdown":

@@ -64,8 +64,8 @@ def live_counts(server: QueueChatServer, *, objects: bool = True) -> dict[str, i
         "sessions": model["sessions"],
         "patients_present": model["patients_present"],
         "rooms_active": model["rooms_active"],
-        # Left out, being bounded by a timer of their own: a connection's hello timer (it sleeps
-        # out hello_timeout_s even after welcome) and the heartbeat's ping in flight.
+        # Left out, being bounded by a timer of their own: a connection's writer task, which runs
+        # only while its socket is full or it is closing.
         "tasks": trio.lowlevel.current_statistics().tasks_living - _transient_tasks(),
     }
     if not objects:
@@ -94,7 +94,7 @@ def task_names() -> Counter[str]:
 
 
 _baseline_tasks: Counter[str] = Counter()
-TRANSIENT_TASKS = ("_hello_timer", "_ping_once")
+TRANSIENT_TASKS = ("_writer",)
 
 
 def _transient_tasks() -> int:

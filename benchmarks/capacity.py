@@ -12,7 +12,10 @@ patient to its clinician or a clinician to one of its patients, ``--rate``
 messages a second in all. Recorded per step: the server's RSS and RSS per
 connection (over the RSS with no connection), its live Python objects, its CPU
 share, the delivery latency of every message (``client_ts`` to arrival: p50,
-p99, max), errors and closes, and the load average of the machine.
+p99, max), errors and closes, the load average of the machine, Trio tasks and
+GC-tracked objects (frozen ones included) per connection, and the garbage
+collector's pauses in the window (count per generation, p50/p99/max of all
+pauses; ``--gc-stats`` adds objects per generation, frozen and thresholds).
 
 Goal (the issue): 10,000 connections, <= 30 KiB each, p99 <= 50 ms at 2,000 msgs/s.
 """
@@ -37,18 +40,25 @@ from reference_server.protocol import DEVELOPMENT_SECRET, clinician_token  # noq
 
 
 def run(steps: list[int], rate: float, seconds: float, room_size: int, warmup_s: float,
-        gc_freeze: bool = False) -> dict[str, Any]:
+        gc_freeze: bool = False, gc_stats: bool = False, gc_policy: bool = True) -> dict[str, Any]:
     nofile = raise_nofile(max(steps) + 2000)
     if nofile < max(steps) + 200:
         raise SystemExit(f"open-files limit {nofile} is too low for {max(steps)} connections")
     result: dict[str, Any] = {"rate_msgs_per_s": rate, "seconds_per_step": seconds, "room_size": room_size,
-                              "gc_freeze": gc_freeze, "steps": [], "load_before": load_average()}
-    with ServerProcess(nofile=max(steps) + 2000, log_level="warning") as server:
+                              "gc_freeze": gc_freeze, "gc_stats": gc_stats, "gc_policy": gc_policy,
+                              "steps": [],
+                              "load_before": load_average()}
+    with ServerProcess(nofile=max(steps) + 2000, log_level="warning", gc_policy=gc_policy) as server:
         time.sleep(0.5)  # let the server settle before its baseline (bounded, once)
         base = server.stats()
         rss0 = rss_bytes(server.pid)
         result["server_rss_mib_no_connections"] = round(rss0 / 2**20, 1)
         result["server_python_objects_no_connections"] = base["gc_objects"]
+        result["server_tasks_no_connections"] = base["tasks_living"]
+        gc_base = server.command({"cmd": "gc_state"})
+        tracked0 = sum(gc_base["objects_per_generation"]) + gc_base["frozen"]
+        if gc_stats:
+            result["server_gc_no_connections"] = gc_base
         swarm = Swarm(server.url)
         opened = 0
         rooms = 0
@@ -68,6 +78,7 @@ def run(steps: list[int], rate: float, seconds: float, room_size: int, warmup_s:
             open_now = len(swarm.open_patients) + len(swarm.open_clinicians)
             stats = server.stats()
             rss = rss_bytes(server.pid)
+            gc_open = server.command({"cmd": "gc_state"})  # after stats' full collection: what is alive
             if gc_freeze:
                 server.command({"cmd": "gc_freeze"})
             swarm.drive(warmup_s, rate)
@@ -102,9 +113,16 @@ def run(steps: list[int], rate: float, seconds: float, room_size: int, warmup_s:
                 "client_cpu_share": round(own_cpu, 2),
                 "server_gc_pauses": gc_window,
                 "server_tasks": pauses["tasks_living"],
+                "tasks_per_connection": round((stats["tasks_living"] - base["tasks_living"]) / open_now, 2),
+                # gc_objects leaves out what gc.freeze() moved to the permanent generation; this does not
+                "tracked_objects_per_connection": round(
+                    (sum(gc_open["objects_per_generation"]) + gc_open["frozen"] - tracked0) / open_now, 1),
                 "errors": sum(swarm.tally.errors.values()) - errors_before,
                 "load_average": load_during,
             }
+            if gc_stats:
+                step["gc"] = {"pauses": gc_window, "state_after_open": gc_open,
+                              "state_after_window": server.command({"cmd": "gc_state"})}
             result["steps"].append(step)
             print(json.dumps(step), flush=True)
         result["closes"] = dict(swarm.tally.closes)
@@ -134,10 +152,15 @@ def main() -> int:
     parser.add_argument("--room-size", type=int, default=50, help="connections per room (1 clinician)")
     parser.add_argument("--gc-freeze", action="store_true",
                         help="diagnostic: gc.freeze() in the server once each step's connections are open")
+    parser.add_argument("--gc-stats", action="store_true",
+                        help="add the server's GC state (objects per generation, frozen, thresholds)")
+    parser.add_argument("--no-gc-policy", action="store_true",
+                        help="run the server without its GC policy (for a before/after of the policy)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
-    result = run(steps, args.rate, args.seconds, args.room_size, args.warmup_s, args.gc_freeze)
+    result = run(steps, args.rate, args.seconds, args.room_size, args.warmup_s, args.gc_freeze,
+                 args.gc_stats, not args.no_gc_policy)
     print(json.dumps(result, indent=2))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

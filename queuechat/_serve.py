@@ -30,7 +30,8 @@ async def _serve_until_signal(server: QueueChatServer, host: str, port: int) -> 
 def run_server(*, host: str, port: int, secret: str, limits: Limits, stats_interval_s: float | None,
                log_level: str) -> int:
     configure_logging(log_level)
-    server = QueueChatServer(secret=secret, limits=limits, stats_interval_s=stats_interval_s)
+    # The server has this process to itself: the GC policy for a long-lived server is on (_gcpolicy).
+    server = QueueChatServer(secret=secret, limits=limits, stats_interval_s=stats_interval_s, gc_freeze=True)
     failure: list[OSError] = []
     try:
         trio.run(_serve_until_signal, server, host, port)

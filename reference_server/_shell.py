@@ -1,17 +1,24 @@
 """The Trio shell around the domain model: sockets in, effects out.
 
-One task group per connection, owned by the connection's handler: a reader
-(this handler's own task), a writer draining a bounded outbound queue (R42),
-a hello timer and a heartbeat (R45). The model is called synchronously from
-the reader, so the effects of one cause reach every connection's queue in
-order before anything else runs. Shutdown (R46) closes every connection with
-1001, waits at most ``close_timeout_s``, then cancels what is left.
+One task per connection: it reads the socket, parses frames (wsproto) and calls
+the model synchronously, so the effects of one cause reach every connection's
+queue in order before anything else runs (``_wsconn.ServerWebSocket``). Writes
+are made without a task where nothing waits: the requester's frames at once, the
+other connections' by one flusher task per server, once per scheduler round; a
+writer task is started for a connection only while its socket is full or it is
+closing, and drains its bounded outbound queue (R42). One timer task per server
+keeps every hello deadline, heartbeat and liveness deadline (R45) in a heap.
+``position`` pushes are coalesced and spread over scheduler rounds (see
+docs/protocol.md, Choices). Shutdown (R46) closes every connection with 1001,
+waits at most ``close_timeout_s``, then cancels what is left.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
+import heapq
 import itertools
+import math
 import secrets
 import time
 from collections import deque
@@ -20,23 +27,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from trio_websocket import (
-    CloseReason,
-    ConnectionClosed,
-    WebSocketConnection,
-    WebSocketRequest,
-    WebSocketServer,
-)
-from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
-from wsproto.utilities import LocalProtocolError
+from trio_websocket import ConnectionClosed, WebSocketRequest
 
 from ._codec import encode_bytes
 from ._domain import Close, Effect, QueueChatModel, Send
-from ._frames import WS_PATH, ClinicianWelcome, CloseCode, Erased, Error, ErrorCode, PatientWelcome
+from ._frames import WS_PATH, ClinicianWelcome, CloseCode, Erased, Error, ErrorCode, PatientWelcome, Position
+from ._gcpolicy import GcPolicy
 from ._limits import Limits
 from ._logging import get_logger
 from ._pages import serve_page_if_asked
+from ._wsconn import ServerWebSocket, ping_frame, text_frame
 
 log = get_logger("queuechat.server")
 
@@ -63,6 +63,9 @@ class ServerStatistics:
     errors_by_code: dict[str, int] = field(default_factory=dict)
     rooms_active: int = 0
     patients_present: int = 0
+    gc_collections: list[int] = field(default_factory=lambda: [0, 0, 0])  # by generation, while serving
+    gc_pause_max_ms: float = 0.0
+    gc_frozen: int = 0  # objects in the permanent generation (the GC policy's freezes)
 
 
 class _Counters:
@@ -92,50 +95,63 @@ class _Counters:
         self.errors_by_code: dict[str, int] = {}
 
 
+# Timer kinds in the server's heap; entries are (deadline, connection id, kind): plain numbers,
+# which the garbage collector stops tracking, and ids are unique, so ties never compare further.
+_HELLO, _PING, _LIVE = 0, 1, 2
+
+# Position pushes materialised per scheduler round by the flusher (R30, coalesced).
+_POSITIONS_PER_ROUND = 64
+# New connections let into their HTTP handshake per scheduler round (the rest wait their turn).
+_HANDSHAKES_PER_ROUND = 16
+
+
 class _Connection:
-    """One accepted WebSocket and its bounded outbound queue."""
+    """One accepted WebSocket: its bounded outbound queue (R42) and its timers' state (R45)."""
 
     __slots__ = (
         "close_after",
+        "control",
+        "dirty",
         "end",
-        "hello_scope",
         "id",
+        "last_seen",
         "max_bytes",
         "max_frames",
-        "ping_timeout",
+        "ping_in_flight",
+        "position",
         "queue",
         "queued_bytes",
         "scope",
-        "tail",
-        "wakeup",
+        "server",
+        "writing",
         "ws",
     )
 
-    def __init__(self, conn_id: int, ws: WebSocketConnection, limits: Limits) -> None:
+    def __init__(self, conn_id: int, ws: ServerWebSocket, limits: Limits, server: QueueChatServer) -> None:
         self.id = conn_id
         self.ws = ws
+        self.server = server
         self.scope = trio.CancelScope()
         self.queue: deque[bytes] = deque()
         self.queued_bytes = 0
-        self.tail = b""  # framed bytes a socket took only part of (flush), for the writer to finish
-        # trio-websocket's own writes (pongs, close replies) take this lock too: whoever takes
-        # it next must finish a pending tail first, or their bytes would land inside a frame.
-        ws._stream_lock = _TailFirstLock(ws._stream_lock, self)  # type: ignore[assignment]
+        self.control = b""  # a framed ping waiting to go before the next frames
         self.close_after: tuple[int, str] | None = None
-        self.wakeup = trio.lowlevel.ParkingLot()
-        self.end: str | None = None  # why the server ended it: dropped, lost, shutdown
-        # The hello timer's scope, until the connection is welcomed: then the timer has nothing
-        # left to do and is cancelled rather than left sleeping out hello_timeout_s.
-        self.hello_scope: trio.CancelScope | None = None
+        self.end: str | None = None  # why the server ended it: slow_reader, lost, shutdown
+        self.writing = False  # a writer task is running
+        self.dirty = False  # in the flusher's list
+        self.position: Position | None = None  # the latest position not yet queued (coalesced)
+        self.ping_in_flight = False
+        self.last_seen = trio.current_time()
         self.max_frames = limits.max_queued_frames
         self.max_bytes = limits.max_queued_bytes
-        # R45: "not answered" needs a question; with pings off, a quiet connection is not lost.
-        self.ping_timeout = limits.ping_timeout_s if limits.ping_interval_s is not None else None
-        self.alive()
 
-    def alive(self) -> None:
-        if self.ping_timeout is not None:
-            self.scope.deadline = trio.current_time() + self.ping_timeout
+    def message(self, raw: str | bytes) -> None:
+        """A whole message from the peer (called by the reader, synchronously)."""
+        self.server._receive(self, raw)
+
+    def pong(self) -> None:
+        self.last_seen = trio.current_time()
+        self.ping_in_flight = False
 
     def push(self, data: bytes) -> bool:
         """Queue one frame; False when the peer is too far behind and must be dropped (R42)."""
@@ -143,279 +159,68 @@ class _Connection:
             return True
         self.queue.append(data)
         self.queued_bytes += len(data)
-        # The caller flushes (below) once it has queued every frame of the cause.
+        # The caller flushes once it has queued every frame of the cause.
         # The byte bound applies to what waited before this frame: an open_chat answer may pass
         # max_queued_bytes by itself (R4: the last 500 messages of up to max_text_chars each, R41)
         # and must not make a reading peer look like one that has fallen behind.
         return len(self.queue) <= self.max_frames and self.queued_bytes - len(data) <= self.max_bytes
 
     def flush(self, counters: _Counters) -> None:
-        """Hand the queued frames on: written at once when the writer is parked and the socket
-        takes them (one trip of the writer through the scheduler less per batch), else by the
-        writer, woken here. Order is kept: the writer is parked, so it holds nothing unsent."""
-        queue, ws, writer = self.queue, self.ws, self.wakeup
-        if not queue:
+        """Hand the queued frames to the socket now, without a task, when nothing else writes;
+        what the socket does not take, or a close to make, goes to a writer task."""
+        if self.writing or self.end is not None:
             return
-        if writer and not ws._stream_lock.locked() and ws.closed is None:
-            proto = ws._wsproto.connection
-            if proto is not None and proto.state is ConnectionState.OPEN and not proto._proto.extensions:
-                data = b"".join([_text_frame(f) for f in queue])
-                sent = _send_nowait(ws._stream, data)
-                if sent:
-                    counters.frames_out += len(queue)
-                    counters.bytes_out += self.queued_bytes
-                    queue.clear()
-                    self.queued_bytes = 0
-                    if sent == len(data):
-                        return
-                    self.tail = data[sent:]
-        writer.unpark()
+        queue, ws = self.queue, self.ws
+        if queue or self.control:
+            if not ws.is_open():
+                self._discard()  # closed or closing: nothing more can be sent
+            else:
+                data = self.control + b"".join([text_frame(f) for f in queue])
+                if not ws.write_nowait(data):
+                    self.start_writer()  # the lock is busy (a pong, a close): the writer waits for it
+                    return
+                counters.frames_out += len(queue)
+                counters.bytes_out += self.queued_bytes
+                self._discard()
+                del data  # R13: the frames' text is not kept
+        if ws.tail or self.close_after is not None:
+            self.start_writer()
+
+    def _discard(self) -> None:
+        self.queue.clear()
+        self.queued_bytes = 0
+        self.control = b""
+
+    def start_writer(self) -> None:
+        nursery = self.server._nursery
+        if not self.writing and nursery is not None and self.end is None:
+            # In the server's nursery: a writer ends with its connection (the stream is closed
+            # under it) or with the server.
+            try:
+                nursery.start_soon(self.server._writer, self)
+            except RuntimeError:  # the server is past its end ("closed to new arrivals")
+                return
+            self.writing = True
 
     def push_close(self, code: int, reason: str) -> None:
         if self.close_after is None:
             self.close_after = (code, reason)
-            self.wakeup.unpark()
+            self.start_writer()
 
     def drop(self, why: str) -> None:
         self.end = why
-        self.queue.clear()
-        self.queued_bytes = 0
-        self.tail = b""
+        self._discard()
+        self.position = None
+        self.ws.tail = b""
         self.scope.cancel()
 
 
-class _TailFirstLock:
-    """The connection's stream lock, which writes a pending partial frame before anything else.
-
-    ``_Connection.flush`` writes without waiting and may leave the end of a frame (``tail``)
-    for the writer task; until it is written, no other bytes may go on the stream.
-    """
-
-    def __init__(self, lock: trio.StrictFIFOLock, conn: _Connection) -> None:
-        self._lock = lock
-        self._conn = conn
-
-    def locked(self) -> bool:
-        return self._lock.locked()
-
-    def acquire_nowait(self) -> None:
-        self._lock.acquire_nowait()
-
-    async def acquire(self) -> None:
-        await self._lock.acquire()
-
-    def release(self) -> None:
-        self._lock.release()
-
-    async def __aenter__(self) -> None:
-        await self._lock.acquire()
-        tail = self._conn.tail
-        if tail:
-            self._conn.tail = b""
-            try:
-                await self._conn.ws._stream.send_all(tail)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the caller's own write meets the same broken stream and reports it
-            except BaseException:
-                self._lock.release()
-                raise
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._lock.release()
-
-
-# RFC 6455 5.2: FIN + opcode 1 (text), no mask bit, then the payload length.
-_TEXT_HEADERS = [bytes((0x81, n)) for n in range(126)]
-
-
-def _text_frame(payload: bytes) -> bytes:
-    """One unmasked text frame around ``payload`` (UTF-8), as wsproto frames it."""
-    n = len(payload)
-    if n < 126:
-        return _TEXT_HEADERS[n] + payload
-    if n < 65536:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
-
-
-async def _send_frames(ws: WebSocketConnection, frames: list[bytes]) -> None:
-    """Write several text frames in one stream write.
-
-    trio-websocket writes one socket send per message; the relay's hot path
-    sends up to four frames per cause, so they are framed here with the
-    connection's own wsproto object and written together under its lock.
-    This reaches into trio-websocket 0.12's internals (pinned in pyproject).
-    Frames are built by hand (the bytes wsproto would write: server frames are
-    unmasked and trio-websocket negotiates no extension), from the encoded
-    JSON as it is, without a bytes -> str -> bytes round trip.
-    """
-    if ws.closed is not None:
-        raise ConnectionClosed(ws.closed)
-    proto = ws._wsproto.connection
-    if proto is not None and proto.state is ConnectionState.OPEN and not proto._proto.extensions:
-        data = b"".join([_text_frame(f) for f in frames])
-    else:
-        try:
-            data = b"".join([ws._wsproto.send(TextMessage(data=f.decode("utf-8"))) for f in frames])
-        except LocalProtocolError:
-            raise ConnectionClosed(ws.closed) from None
-    await _send_data(ws, data)
-
-
-async def _send_data(ws: WebSocketConnection, data: bytes) -> None:
-    """Write framed bytes under the connection's lock."""
-    if ws.closed is not None:
-        raise ConnectionClosed(ws.closed)
-    # The writer has just woken from park: take the lock and write what the socket takes
-    # without further schedule points (Lock.acquire and socket send each yield once even
-    # when they need not wait); only a busy lock or a full socket buffer waits.
-    lock = ws._stream_lock
-    try:
-        lock.acquire_nowait()
-    except trio.WouldBlock:
-        await lock.acquire()
-    try:
-        sent = _send_nowait(ws._stream, data)
-        if sent < len(data):
-            await ws._stream.send_all(data[sent:])
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        await ws._abort_web_socket()
-        raise ConnectionClosed(ws.closed) from None
-    finally:
-        lock.release()
-
-
-def _send_nowait(stream: trio.abc.Stream, data: bytes) -> int:
-    """Bytes a TCP stream's socket takes now (one non-blocking send); 0 leaves it all to send_all,
-    which then waits, or raises an error the Trio way."""
-    if type(stream) is not trio.SocketStream or stream.socket.did_shutdown_SHUT_WR:
-        return 0
-    try:
-        sent: int = stream.socket._sock.send(data)  # type: ignore[attr-defined]
-    except OSError:
-        return 0
-    return sent
-
-
-_library_close_handler = WebSocketConnection._handle_close_connection_event
-
-
-async def _close_on_parse_failure(self: WebSocketConnection, event: CloseConnection) -> None:
-    """Send the close frame RFC 6455 asks for when a client's frame cannot be parsed.
-
-    wsproto reports a frame it cannot parse (a text frame that is not UTF-8: 1007; a
-    broken frame: 1002) as a CloseConnection while the connection is still OPEN, and
-    trio-websocket 0.12 then closes the TCP connection without any close frame. On
-    server connections, send the close with wsproto's code first. (trio-websocket
-    internals, pinned in pyproject, like _send_frames.)
-    """
-    state = self._wsproto.state
-    if self.is_server and state in (ConnectionState.OPEN, ConnectionState.LOCAL_CLOSING):
-        if state == ConnectionState.OPEN:
-            # As aclose() does: the reason first, so that a concurrent ping() or send sees the close.
-            self._close_reason = CloseReason(event.code, event.reason or None)
-            with contextlib.suppress(ConnectionClosed):
-                await self._send(CloseConnection(code=event.code, reason=event.reason))
-        # In LOCAL_CLOSING our own close frame (leave, end_call...) may still wait for the
-        # stream lock behind a pong: the library would close the stream under it. The
-        # linger takes the lock (FIFO) before its FIN, so that frame goes out first.
-        await _linger(self)
-    await _library_close_handler(self, event)
-
-
-_LINGER_S = 1.0
-
-
-async def _linger(ws: WebSocketConnection) -> None:
-    """After the close frame of a connection the server fails: FIN, then drop what the peer still sends.
-
-    Closing a socket with unread input resets the connection, and the reset discards the
-    close frame if it has not left yet: a client that had sent more than the broken frame
-    (the rest of an oversized one, pipelined requests) saw no 1007/1009, only a reset.
-    Bounded: at most _LINGER_S and 64 reads; a well-behaved peer answers the close and
-    closes its side at once.
-    """
-    stream = ws._stream
-    if not isinstance(stream, trio.abc.HalfCloseableStream):
-        return
-    with trio.move_on_after(_LINGER_S), contextlib.suppress(
-        trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError
-    ):
-        async with ws._stream_lock:
-            await stream.send_eof()
-        for _ in range(64):
-            if not await stream.receive_some(65536):
-                return
-
-
-WebSocketConnection._handle_close_connection_event = _close_on_parse_failure  # type: ignore[method-assign]
-
-_library_message_handler = WebSocketConnection._handle_message_event
-
-
-async def _forget_handled_message(self: WebSocketConnection, event: TextMessage | BytesMessage) -> None:
-    """R13: once a message is handed on, its event no longer holds the text.
-
-    trio-websocket 0.12's reader task keeps its last event in a loop variable until
-    the next frame arrives, so a patient's last message would outlive its erasure at
-    a refresh (R12) for as long as the connection stays quiet. The event is done with
-    once handled: empty it (wsproto events are frozen dataclasses).
-    """
-    if not _hand_over_nowait(self, event):
-        if self.is_server and self._wsproto.state != ConnectionState.OPEN:
-            # Our close frame is out: a message arriving now reaches nobody, and the library
-            # must not answer a too-large one with a second close frame, which wsproto refuses
-            # (LocalProtocolError in the reader task: an internal error, 1011 at best).
-            self._message_parts, self._message_size = [], 0
-        else:
-            await _library_message_handler(self, event)
-            if self.is_server and not self._reader_running:
-                await _linger(self)  # the library closed with 1009: a message over max_message_size
-    if self.is_server:
-        object.__setattr__(event, "data", type(event.data)())
-
-
-def _hand_over_nowait(ws: WebSocketConnection, event: TextMessage | BytesMessage) -> bool:
-    """The library's message handler for a whole text message in one frame, minus a schedule
-    point: handed to a waiting get_message() (or the channel's buffer) at once, where
-    MemorySendChannel.send would yield even when it need not wait. False leaves the event to
-    the library (fragments, a message too large, a full channel, a connection no longer
-    open: see the caller): nothing was changed."""
-    if type(event) is not TextMessage or not event.message_finished or ws._message_parts:
-        return False
-    if len(event.data) > ws._max_message_size or ws._wsproto.state is not ConnectionState.OPEN:
-        return False
-    try:
-        ws._send_channel.send_nowait(event.data)
-    except trio.WouldBlock:
-        return False
-    except (trio.ClosedResourceError, trio.BrokenResourceError):
-        pass  # as the library: nobody reads any more
-    return True
-
-
-WebSocketConnection._handle_message_event = _forget_handled_message  # type: ignore[method-assign]
-
-_library_ping_handler = WebSocketConnection._handle_ping_event
-
-
-async def _pong_while_open(self: WebSocketConnection, event: Ping) -> None:
-    """Answer a client's ping only while the connection is open.
-
-    trio-websocket 0.12 answers every ping; after the server has sent its close frame
-    (leave, end_call, an error before welcome, 1009...) wsproto refuses the pong with
-    LocalProtocolError, raised in the connection's reader task, which ended the whole
-    server: one client could stop every session with a ping after its close.
-    """
-    if self._wsproto.state == ConnectionState.OPEN:
-        await _library_ping_handler(self, event)
-
-
-WebSocketConnection._handle_ping_event = _pong_while_open  # type: ignore[method-assign]
-
-
 class QueueChatServer:
-    """The reference server: a :class:`QueueChatModel` behind trio-websocket."""
+    """The reference server: a :class:`QueueChatModel` behind trio-websocket.
+
+    ``gc_freeze`` applies the garbage-collection policy of ``_gcpolicy`` (process-wide: for a
+    server that has its process to itself, as ``queuechat serve``).
+    """
 
     def __init__(
         self,
@@ -427,6 +232,7 @@ class QueueChatServer:
         stats_interval_s: float | None = 60.0,
         close_timeout_s: float = 1.0,
         model_class: type[QueueChatModel] = QueueChatModel,
+        gc_freeze: bool = False,
     ) -> None:
         self.limits = limits if limits is not None else Limits()
         # model_class lets tests put a deliberately wrong model behind the real shell.
@@ -443,6 +249,20 @@ class QueueChatServer:
         self._stopped = trio.Event()
         self._all_closed: trio.Event | None = None
         self._urls: list[str] = []
+        self._gc = GcPolicy()
+        self._gc_freeze = gc_freeze
+        # The timer task's heap of (deadline, connection id, kind), and what wakes it early.
+        self._timers: list[tuple[float, int, int]] = []
+        self._timer_lot = trio.lowlevel.ParkingLot()
+        # The flusher task's work: connections with frames to write, positions to queue.
+        self._dirty: list[_Connection] = []
+        self._positions: deque[_Connection] = deque()
+        self._flush_lot = trio.lowlevel.ParkingLot()
+        # New connections waiting for their turn to handshake, and what wakes the admitter.
+        self._admission = trio.lowlevel.ParkingLot()
+        self._admitter_lot = trio.lowlevel.ParkingLot()
+        self._pings = itertools.count(1)
+        self._nursery: trio.Nursery | None = None  # while serving: connections' tasks and writers
 
     # ------------------------------------------------------------------ public
 
@@ -468,6 +288,7 @@ class QueueChatServer:
             errors_by_code=dict(c.errors_by_code),
             rooms_active=model["rooms_active"],
             patients_present=model["patients_present"],
+            **self._gc.statistics(),
         )
 
     async def serve(
@@ -488,41 +309,42 @@ class QueueChatServer:
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         listeners = list(listeners)
-        async with trio.open_nursery() as nursery:
-            ws_server = WebSocketServer(
-                self._handle_request,
-                listeners,  # type: ignore[arg-type]  # any Trio listener works
-                handler_nursery=nursery,
-                max_message_size=self.limits.max_frame_bytes,
-                connect_timeout=self.limits.hello_timeout_s or 60.0,
-                disconnect_timeout=self._close_timeout_s,
-            )
-            ws_server._handle_connection = self._contained(  # type: ignore[method-assign,assignment]
-                ws_server._handle_connection)
-            await nursery.start(ws_server.run)
-            self._urls = [_ws_url(listener) for listener in listeners]
-            if self._stats_interval_s is not None:
-                nursery.start_soon(self._log_statistics_forever, self._stats_interval_s)
-            log.info("server.listening", urls=self._urls, limits=self.limits.as_wire())
-            task_status.started(self._urls[0] if self._urls else "")
-            await self._stopped.wait()
-            nursery.cancel_scope.cancel()
+        self._gc.start(freeze=self._gc_freeze)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                handler = self._contained(self._handle_connection)
+                await nursery.start(functools.partial(
+                    trio.serve_listeners, handler, listeners, handler_nursery=nursery))
+                nursery.start_soon(self._run_timers)
+                nursery.start_soon(self._flush_forever)
+                nursery.start_soon(self._admit_forever)
+                self._urls = [_ws_url(listener) for listener in listeners]
+                if self._stats_interval_s is not None:
+                    nursery.start_soon(self._log_statistics_forever, self._stats_interval_s)
+                log.info("server.listening", urls=self._urls, limits=self.limits.as_wire())
+                task_status.started(self._urls[0] if self._urls else "")
+                await self._stopped.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            self._gc.stop()
         log.info("server.stopped", **_stats_fields(self.statistics()))
 
     def _contained(
         self, handle: Callable[[trio.abc.Stream], Awaitable[None]]
     ) -> Callable[[trio.abc.Stream], Awaitable[None]]:
-        """Keep a failure inside trio-websocket's per-connection tasks to that connection.
+        """Keep a failure inside a connection's task to that connection.
 
-        The library runs each connection (its reader task and our handler) in a nursery
-        under the server's: an exception there, a library bug, would end the server and
-        every session. Count it, log its type only, and drop that connection alone.
+        Each connection's task runs under the server's nursery: an exception there (a bug in
+        the library's parts or ours) would end the server and every session. Count it, log its
+        type only, and drop that connection alone.
         """
 
         async def handle_connection(stream: trio.abc.Stream) -> None:
             try:
                 # A browser's plain GET of the console or the patient page (_pages.py); every
-                # other request, the WebSocket endpoint's above all, goes on to trio-websocket.
+                # other request, the WebSocket endpoint's above all, goes on to its handshake.
                 if await serve_page_if_asked(stream, self.limits.hello_timeout_s or 60.0):
                     return
                 await handle(stream)
@@ -566,14 +388,33 @@ class QueueChatServer:
             self._mono_base = current
         return self._wall_base + (current - self._mono_base)
 
+    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        """One TCP connection's only task: the HTTP handshake, then the connection's frames."""
+        ws = ServerWebSocket(stream, max_message_size=self.limits.max_frame_bytes)
+        try:
+            # A peer that never sends its HTTP request is closed after the hello timeout.
+            arrived = False
+            with trio.move_on_after(self.limits.hello_timeout_s or 60.0):
+                await self._wait_for_turn()
+                arrived = await ws.read_request()
+            if arrived:
+                await self._handle_request(ws.take_request())
+        finally:
+            if ws.closed is None and ws.is_open():
+                with trio.move_on_after(self._close_timeout_s):
+                    await ws.aclose()
+            await trio.aclose_forcefully(stream)
+
     async def _handle_request(self, request: WebSocketRequest) -> None:
         """One connection, from handshake to close; nothing that goes wrong here reaches other sessions."""
-        ws: WebSocketConnection | None = None
+        ws: ServerWebSocket | None = None
         try:
             if request.path != WS_PATH:
                 await request.reject(404, body=b"queuechat speaks WebSocket at /v1/ws\n")
                 return
-            ws = await request.accept()
+            ws = await request.accept()  # type: ignore[assignment]  # the ServerWebSocket itself
+            assert isinstance(ws, ServerWebSocket)
+            del request  # not needed after the handshake (an object fewer per connection)
             if self._stopping:
                 with trio.move_on_after(self._close_timeout_s):
                     await ws.aclose(CloseCode.GOING_AWAY, "server shutting down")
@@ -590,91 +431,74 @@ class QueueChatServer:
                 with trio.move_on_after(self._close_timeout_s):
                     await ws.aclose(1011, "internal error")
 
-    async def _serve_connection(self, ws: WebSocketConnection) -> None:
-        conn = _Connection(next(self._ids), ws, self.limits)
+    async def _serve_connection(self, ws: ServerWebSocket) -> None:
+        conn = _Connection(next(self._ids), ws, self.limits, self)
         self._connections[conn.id] = conn
-        self._counters.connections_total += 1
-        self._model.connect(conn.id, self._now())
-        remote = ws.remote
-        log.debug("connection.opened", conn=conn.id, peer=str(remote))
         try:
             with conn.scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer, conn)
-                    if self.limits.hello_timeout_s is not None:
-                        conn.hello_scope = trio.CancelScope()
-                        nursery.start_soon(self._hello_timer, conn, self.limits.hello_timeout_s)
-                    if self.limits.ping_interval_s is not None:
-                        nursery.start_soon(self._heartbeat, conn, nursery, self.limits.ping_interval_s)
-                    await self._reader(conn)
-                    if conn.close_after is not None:
-                        # This side started the close and aclose() has ended the reader: cancelling
-                        # now would drop TCP before the peer's reply (R46). Wait for it, bounded.
-                        with trio.move_on_after(self._close_timeout_s):
-                            await ws._close_handshake.wait()
-                    nursery.cancel_scope.cancel()
-            if conn.scope.cancelled_caught and conn.end is None:
-                conn.end = "lost"  # the liveness deadline passed (R45)
-                self._counters.lost_connections += 1
+                self._counters.connections_total += 1
+                self._model.connect(conn.id, self._now())
+                log.debug("connection.opened", conn=conn.id, peer=str(ws.remote))
+                self._start_timers(conn)
+                ws.on_message = conn.message
+                ws.on_pong = conn.pong
+                await ws.read_frames()
         finally:
-            del self._connections[conn.id]
+            ws.on_message = ws.on_pong = _nothing
+            self._connections.pop(conn.id, None)
             if self._all_closed is not None and not self._connections:
                 self._all_closed.set()
             self._apply(self._model.disconnected(conn.id, self._now()))
             if conn.end is not None:
                 # Dropped, lost or past the shutdown window: no close handshake to wait for.
-                await trio.aclose_forcefully(ws._stream)
+                await ws.abort()
             closed = ws.closed
             log.debug(
                 "connection.closed", conn=conn.id, end=conn.end,
                 code=closed.code if closed is not None else None,
             )
 
-    async def _reader(self, conn: _Connection) -> None:
-        ws, model, counters = conn.ws, self._model, self._counters
+    async def _wait_for_turn(self) -> None:
+        """A new connection waits here for its turn to handshake: at most _HANDSHAKES_PER_ROUND a
+        scheduler round, so that 2,000 connections arriving at once do not put 2,000 handshakes
+        in one round ahead of everyone else's messages."""
+        self._admitter_lot.unpark()
+        await self._admission.park()
+
+    async def _admit_forever(self) -> None:
+        while True:
+            if not self._admission:
+                await self._admitter_lot.park()
+            self._admission.unpark(count=_HANDSHAKES_PER_ROUND)
+            await trio.lowlevel.checkpoint()
+
+    def _receive(self, conn: _Connection, raw: str | bytes) -> None:
+        """One message from a connection's peer, handed to the model in the reader's own task."""
+        conn.last_seen = trio.current_time()
+        self._counters.frames_in += 1
+        if conn.close_after is not None:
+            return  # closing: nothing more from this connection reaches the model
         max_bytes = self.limits.max_frame_bytes
         # trio-websocket bounds a text message in characters; R41 bounds it in bytes. A text
         # of n characters is at most 4n bytes, so only long ones need encoding to check.
-        surely_small = max_bytes // 4
-        while True:
-            try:
-                raw = await ws.get_message()
-            except ConnectionClosed:
-                return
-            conn.alive()
-            counters.frames_in += 1
-            if conn.close_after is not None:
-                pass  # closing: nothing more from this connection reaches the model
-            elif len(raw) > surely_small and len(raw.encode() if isinstance(raw, str) else raw) > max_bytes:
-                conn.push_close(CloseCode.TOO_BIG, f"frame over {max_bytes} bytes")
-            else:
-                self._apply(model.receive(conn.id, raw, self._now()), conn)
-                if conn.hello_scope is not None and model.is_welcomed(conn.id):
-                    conn.hello_scope.cancel()
-                    conn.hello_scope = None
-            # R13: the frame's text must not wait in this task's locals for the next frame
-            # (a refresh may erase that conversation meanwhile).
-            del raw
+        if len(raw) > max_bytes // 4 and len(raw.encode() if isinstance(raw, str) else raw) > max_bytes:
+            conn.push_close(CloseCode.TOO_BIG, f"frame over {max_bytes} bytes")
+            return
+        self._apply(self._model.receive(conn.id, raw, self._now()), conn)
 
     def _apply(self, effects: list[Effect], requester: _Connection | None = None) -> None:
-        """Queue the effects of one cause, then wake the writers of the connections they touch.
-
-        The requester's own frames (its ``ok``, ...) are written here at once when its writer is
-        idle (one request in flight: nothing to batch, and a trip through the scheduler saved);
-        other connections' writers batch what several causes queue for them (e.g. a clinician
-        with many patients) into one write per scheduler round.
-        """
-        touched: list[_Connection] = []
+        """Queue the effects of one cause, then write the requester's frames at once; the other
+        connections' frames go to the flusher, which writes what several causes queued for one
+        connection (e.g. a clinician with many patients) in one write per scheduler round."""
         try:
-            self._queue_effects(effects, touched)
+            self._queue_effects(effects)
         finally:
-            for conn in touched:
-                if conn is requester:
-                    conn.flush(self._counters)
-                else:
-                    conn.wakeup.unpark()
+            if requester is not None and requester.dirty:
+                requester.flush(self._counters)
+            if self._dirty or self._positions:
+                self._flush_lot.unpark()
 
-    def _queue_effects(self, effects: list[Effect], touched: list[_Connection]) -> None:
+    def _queue_effects(self, effects: list[Effect]) -> None:
         connections, counters = self._connections, self._counters
         for effect in effects:
             conn = connections.get(effect.conn)
@@ -682,85 +506,173 @@ class QueueChatServer:
                 continue
             if type(effect) is Send:
                 frame = effect.frame
+                if type(frame) is Position:
+                    # R30, coalesced: the latest position waits for the flusher (or for the next
+                    # frame to this connection, which it goes before).
+                    if conn.position is None:
+                        self._positions.append(conn)
+                    conn.position = frame
+                    continue
                 if type(frame) is Error:
                     counters.errors_by_code[frame.code] = counters.errors_by_code.get(frame.code, 0) + 1
                     if frame.code == ErrorCode.RATE_LIMITED:
                         counters.rate_limited += 1
                 elif type(frame) in _LOGGED_FRAMES:
                     _log_frame(conn.id, frame)
-                if not conn.push(encode_bytes(frame)):
-                    counters.slow_reader_drops += 1
-                    log.warning("connection.slow_reader_dropped", conn=conn.id,
-                                queued_frames=len(conn.queue), queued_bytes=conn.queued_bytes)
-                    conn.drop("slow_reader")
-                elif not touched or touched[-1] is not conn:
-                    touched.append(conn)
+                if conn.position is not None:
+                    self._push(conn, conn.position)
+                    conn.position = None
+                self._push(conn, frame)
             else:
                 assert isinstance(effect, Close)
+                conn.position = None  # nothing more reaches a closing connection's peer
                 conn.push_close(effect.code, effect.reason)
 
-    async def _writer(self, conn: _Connection) -> None:
-        ws, queue, counters = conn.ws, conn.queue, self._counters
+    def _push(self, conn: _Connection, frame: Any) -> None:
+        if not conn.push(encode_bytes(frame)):
+            self._counters.slow_reader_drops += 1
+            log.warning("connection.slow_reader_dropped", conn=conn.id,
+                        queued_frames=len(conn.queue), queued_bytes=conn.queued_bytes)
+            conn.drop("slow_reader")
+        elif not conn.dirty:
+            conn.dirty = True
+            self._dirty.append(conn)
+
+    async def _flush_forever(self) -> None:
+        """The server's one flusher: writes what causes queued for connections other than their
+        requester, and queues coalesced positions a slice per scheduler round."""
         while True:
-            if conn.tail:
-                data, conn.tail = conn.tail, b""
-                try:
-                    await _send_data(ws, data)
-                except ConnectionClosed:
-                    return
-                del data  # R13, as below
-            elif queue:
-                frames = list(queue)
-                queue.clear()
-                conn.queued_bytes = 0
-                try:
-                    await _send_frames(ws, frames)
-                except ConnectionClosed:
-                    return
-                counters.frames_out += len(frames)
-                counters.bytes_out += sum(len(f) for f in frames)
-                del frames  # R13: sent frames (message text) are not kept while parked
-            elif conn.close_after is not None:
-                code, reason = conn.close_after
-                with trio.move_on_after(self._close_timeout_s):
-                    await ws.aclose(code, reason)
-                return
-            else:
-                await conn.wakeup.park()
+            await self._flush_lot.park()
+            while True:
+                self._flush_dirty()
+                if not self._positions:
+                    break
+                self._queue_positions(_POSITIONS_PER_ROUND)
+                self._flush_dirty()
+                if self._positions:
+                    await trio.lowlevel.checkpoint()  # the rest after everyone else's turn
 
-    async def _hello_timer(self, conn: _Connection, timeout_s: float) -> None:
-        if conn.hello_scope is None:
-            return  # welcomed before this task started
-        with conn.hello_scope:
-            await trio.sleep(timeout_s)
-        if conn.hello_scope is None:
-            return  # welcomed: cancelled
-        conn.hello_scope = None
-        effects = self._model.hello_timed_out(conn.id)
-        if effects:  # empty once the connection said hello
-            self._counters.hello_timeouts += 1
-        self._apply(effects)
+    def _flush_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        counters = self._counters
+        for conn in dirty:
+            conn.dirty = False
+            conn.flush(counters)
 
-    async def _heartbeat(self, conn: _Connection, nursery: trio.Nursery, interval_s: float) -> None:
-        for sequence in itertools.count(1):
-            await trio.sleep(interval_s)
-            if conn.ws._pings:
-                # The last ping is unanswered: one in flight is enough. (With ping_timeout_s
-                # off, a silent peer otherwise gathered a waiting task every interval, forever.)
-                continue
-            nursery.start_soon(self._ping_once, conn, sequence.to_bytes(8, "big"))
+    def _queue_positions(self, n: int) -> None:
+        positions = self._positions
+        while positions and n:
+            conn = positions.popleft()
+            frame, conn.position = conn.position, None
+            if frame is not None and conn.end is None:
+                self._push(conn, frame)
+                n -= 1
 
-    async def _ping_once(self, conn: _Connection, payload: bytes) -> None:
+    async def _writer(self, conn: _Connection) -> None:
+        """A connection's writer, while its socket is full or it is closing: drains the queue, then
+        makes the close if one is due, and ends."""
+        ws, queue, counters = conn.ws, conn.queue, self._counters
         try:
-            await conn.ws.ping(payload)
-        except (ConnectionClosed, ValueError, LocalProtocolError):
-            return  # closed, or closing (wsproto refuses a ping after a close frame)
-        conn.alive()
+            while True:
+                if queue or conn.control or ws.tail:
+                    n, size = len(queue), conn.queued_bytes
+                    data = conn.control + b"".join([text_frame(f) for f in queue])
+                    conn._discard()
+                    try:
+                        await ws.write(data)
+                    except ConnectionClosed:
+                        return
+                    counters.frames_out += n
+                    counters.bytes_out += size
+                    del data  # R13: sent frames (message text) are not kept while waiting
+                elif conn.close_after is not None:
+                    code, reason = conn.close_after
+                    with trio.move_on_after(self._close_timeout_s):
+                        await ws.close_with(code, reason)
+                    return
+                else:
+                    return
+        finally:
+            conn.writing = False
+
+    # ------------------------------------------------------------------ timers (R45)
+
+    def _start_timers(self, conn: _Connection) -> None:
+        now, limits = trio.current_time(), self.limits
+        if limits.hello_timeout_s is not None:
+            self._add_timer(now + limits.hello_timeout_s, conn.id, _HELLO)
+        if limits.ping_interval_s is not None:
+            self._add_timer(now + limits.ping_interval_s, conn.id, _PING)
+            # R45: "not answered" needs a question; with pings off, a quiet connection is not lost.
+            if limits.ping_timeout_s is not None:
+                self._add_timer(now + limits.ping_timeout_s, conn.id, _LIVE)
+
+    def _add_timer(self, deadline: float, conn_id: int, kind: int) -> None:
+        timers = self._timers
+        if not timers or deadline < timers[0][0]:
+            self._timer_lot.unpark()  # sleeping until a later deadline (or none)
+        heapq.heappush(timers, (deadline, conn_id, kind))
+
+    async def _run_timers(self) -> None:
+        """Every connection's hello deadline, heartbeat and liveness deadline, in one task and one heap;
+        and the GC policy's tick, when it is on."""
+        timers, gc_every = self._timers, self._gc.freeze_every_s
+        next_gc = trio.current_time() + gc_every
+        while True:
+            now = trio.current_time()
+            self._fire_timers(now)
+            if self._gc_freeze and now >= next_gc:
+                self._gc.tick()
+                next_gc = now + gc_every
+            deadline = timers[0][0] if timers else math.inf
+            if self._gc_freeze:
+                deadline = min(deadline, next_gc)
+            with trio.move_on_at(deadline):
+                await self._timer_lot.park()
+
+    def _fire_timers(self, now: float) -> None:
+        """The timers due at ``now`` (a function of its own: no connection stays in the task's locals)."""
+        timers, connections, limits = self._timers, self._connections, self.limits
+        while timers and timers[0][0] <= now:
+            _, conn_id, kind = heapq.heappop(timers)
+            conn = connections.get(conn_id)
+            if conn is None or conn.end is not None:
+                continue
+            if kind == _HELLO:
+                effects = self._model.hello_timed_out(conn.id)
+                if effects:  # empty once the connection said hello
+                    self._counters.hello_timeouts += 1
+                self._apply(effects)
+            elif kind == _PING:
+                self._ping(conn)
+                assert limits.ping_interval_s is not None
+                heapq.heappush(timers, (now + limits.ping_interval_s, conn_id, _PING))
+            else:
+                assert limits.ping_timeout_s is not None
+                due = conn.last_seen + limits.ping_timeout_s
+                if due > now:
+                    heapq.heappush(timers, (due, conn_id, _LIVE))
+                else:
+                    self._counters.lost_connections += 1  # the liveness deadline passed (R45)
+                    conn.drop("lost")
+
+    def _ping(self, conn: _Connection) -> None:
+        if conn.ping_in_flight or conn.close_after is not None or not conn.ws.is_open():
+            # The last ping is unanswered: one in flight is enough (with ping_timeout_s off, a
+            # silent peer otherwise gathered a ping every interval, forever).
+            return
+        conn.ping_in_flight = True
+        conn.control += ping_frame(next(self._pings).to_bytes(8, "big"))
+        conn.flush(self._counters)
 
     async def _log_statistics_forever(self, interval_s: float) -> None:
         while True:
             await trio.sleep(interval_s)
             log.info("server.statistics", **_stats_fields(self.statistics()))
+
+
+def _nothing(_: Any = None) -> None:
+    """What a connection's reader calls once the connection is forgotten."""
 
 
 _LOGGED_FRAMES = (ClinicianWelcome, PatientWelcome, Erased)

@@ -31,13 +31,13 @@ from _hardening_testkit import (
     quiet_counts,
     serving,
     settle_to,
-    task_names,
     token,
     wait_count,
 )
 from _hardening_ws import (
     OP_CLOSE,
     OP_PING,
+    OP_PONG,
     OP_TEXT,
     FrameReader,
     TrioClient,
@@ -434,16 +434,26 @@ async def test_a_ping_after_the_servers_close_frame_does_not_end_the_server(afte
 
 
 async def test_R45_with_ping_timeout_off_a_silent_peer_has_one_ping_in_flight_not_one_per_interval() -> None:
-    """Regression: every interval started a ping task that waited for a pong forever."""
+    """Regression: every interval started a ping that waited for a pong forever. The silent peer
+    gets one ping in 25 intervals, and one more (only one) once it answers."""
     limits = Limits(ping_interval_s=0.02, ping_timeout_s=None)
     async with serving(limits) as (url, server):
         baseline = await quiet_counts(server)
         silent = await patient(url, "no-timeout", answer_pings=False)
-        in_flight = []
-        for _ in range(5):
-            await trio.sleep(0.1)  # five intervals each time: the input here is time passing
-            in_flight.append(task_names()["_ping_once"])
-        assert in_flight == [1] * 5
+        reader = FrameReader()
+
+        async def pings_received() -> list[bytes]:
+            await trio.sleep(0.5)  # 25 intervals: the input here is time passing
+            frames = []
+            with trio.move_on_after(0.1):
+                while True:
+                    frames += reader.feed(await silent.stream.receive_some(65536))
+            return [f.payload for f in frames if f.opcode == OP_PING]
+
+        first = await pings_received()
+        assert len(first) == 1
+        await silent.send_bytes(client_frame(first[0], OP_PONG))  # answered: the next interval asks again
+        assert len(await pings_received()) == 1
         assert live_counts(server)["connections"] == baseline["connections"] + 1  # never lost: no timeout
         await silent.abort()
         await settle_to(server, baseline)

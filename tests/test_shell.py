@@ -15,6 +15,7 @@ import io
 import json
 import os
 import socket
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, fields
@@ -466,32 +467,35 @@ async def test_R45_hello_timeout_closes_a_silent_connection_with_1008(
                              connections_total=2, connections_open=1, lost_connections=0)
 
 
-def hello_timers() -> int:
-    """Tasks running the shell's hello timer, anywhere in this Trio run."""
-    count = 0
+def shell_tasks() -> Counter[str]:
+    """The server's tasks in this Trio run, by the shell function they run (a connection's task runs
+    trio.serve_listeners' ``_run_handler``)."""
+    names: Counter[str] = Counter()
     stack = [trio.lowlevel.current_root_task()]
     while stack:
         task = stack.pop()
-        count += task.name.endswith("._hello_timer")
+        if task.name.startswith(("reference_server._shell.", "trio._highlevel_serve_listeners._run_handler")):
+            names[task.name.rsplit(".", 1)[-1]] += 1
         stack += [child for nursery in task.child_nurseries for child in nursery.child_tasks]
-    return count
+    return names
 
 
-async def test_R45_the_hello_timer_ends_when_the_connection_is_welcomed(
+async def test_R45_timers_need_no_task_per_connection_and_a_connection_has_one_task(
     start_server: StartServer, room: str,
 ) -> None:
-    """A connection waiting for its hello has a timer task; once welcomed, the timer is gone at once
-    (it does not sleep out hello_timeout_s), and a silent connection still gets its timeout."""
-    live = await start_server(Limits(hello_timeout_s=3600.0))
+    """Hello deadlines, heartbeats and liveness are kept by the server's one timer task: a connection
+    waiting for its hello and welcomed ones each have one task (their reader), no writer while their
+    socket takes what is written; the silent one still gets its hello timeout."""
+    live = await start_server(Limits(hello_timeout_s=3600.0, ping_interval_s=3600.0, ping_timeout_s=3600.0))
     async with live.connect() as silent:
-        await trio.testing.wait_all_tasks_blocked()
-        assert hello_timers() == 1
         async with live.clinician(room) as clinician, live.patient(room) as patient:
             await clinician.barrier()
             await patient.barrier()
             await trio.testing.wait_all_tasks_blocked()
-            assert hello_timers() == 1  # only the silent connection's
+            assert shell_tasks() == Counter({"_run_handler": 3, "_run_timers": 1, "_flush_forever": 1,
+                                             "_admit_forever": 1})
         assert silent.ws.closed is None
+    assert len(live.server._timers) >= 3 * 3  # hello, ping and liveness entries of the three
 
 
 async def test_R45_a_tcp_connection_without_an_http_upgrade_is_closed_after_the_hello_timeout(
