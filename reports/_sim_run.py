@@ -371,12 +371,19 @@ def _from_summary(what: str, value: Any, counted: dict[str, int], notes: list[st
     return theirs
 
 
+def _whole(value: Any) -> int:
+    """A count as the simulator writes it: a whole number (not a bool, a float, infinity or text)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("not a count")
+    return value
+
+
 def _messages_from_summary(counts: dict[str, Any], counted: MessageTotals, notes: list[str]) -> MessageTotals:
     p2c: Any = counts.get("messages_patient_to_clinician")
     c2p: Any = counts.get("messages_clinician_to_patient")
     try:
-        theirs = MessageTotals(int(p2c["sent"]), int(p2c["delivered"]), int(c2p["sent"]),
-                               int(c2p["delivered"]))
+        theirs = MessageTotals(_whole(p2c["sent"]), _whole(p2c["delivered"]), _whole(c2p["sent"]),
+                               _whole(c2p["delivered"]))
     except (TypeError, KeyError, ValueError):
         notes.append("The summary has no message totals; they were counted from the history.")
         return counted
