@@ -11,6 +11,7 @@ import tomllib
 from collections import Counter
 from pathlib import Path
 
+from support.scenarios import slow_readers
 from test_checker_verdicts import Script
 
 from simulator import Checker, parse_scenario, run_in_process
@@ -79,21 +80,7 @@ def test_an_open_chat_sent_after_the_new_tabs_welcome_is_judged_by_the_refresh()
     assert rules(script.check())["R12"] == 1
 
 
-SLOW_READERS = """
-name = "slow_readers"
-duration = "5m"
-[rooms]
-count = 1
-[server]
-max_queued_frames = 8
-[arrivals]
-initial_queue = 6
-[patients]
-message_interval = { dist = "exponential", mean = "2s", min = "1s" }
-[faults]
-slow_reader_fraction = 1.0
-slow_reader_delay = "5s"
-"""
+SLOW_READERS = slow_readers("5m")
 
 
 def test_very_slow_readers_dropped_by_the_reference_server_give_no_violation(tmp_path: Path) -> None:

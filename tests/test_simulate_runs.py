@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import structlog
 from support.processes import second_server
+from support.scenarios import slow_readers
 
 from reference_server._domain import Send
 from reference_server._frames import Unread
@@ -347,21 +348,7 @@ def test_no_patient_answered_reads_as_words_not_none(tmp_path: Path) -> None:
     assert "wait to first answer: no patient was answered (never answered 2)" in done.stdout
 
 
-SLOW_READERS = """
-name = "slow_readers"
-duration = "3m"
-[rooms]
-count = 1
-[server]
-max_queued_frames = 8
-[arrivals]
-initial_queue = 6
-[patients]
-message_interval = { dist = "exponential", mean = "2s", min = "1s" }
-[faults]
-slow_reader_fraction = 1.0
-slow_reader_delay = "5s"
-"""
+SLOW_READERS = slow_readers("3m")
 
 
 def test_quiet_hides_the_in_process_servers_warnings(tmp_path: Path) -> None:

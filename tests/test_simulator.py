@@ -459,7 +459,7 @@ def test_a_server_ping_after_our_close_frame_is_not_an_error() -> None:
             self.opened = True
 
         def on_frame(self, frame: dict[str, Any], size: int) -> None:
-            raise AssertionError(f"no frame expected: {frame}")
+            raise AssertionError(f"no frame expected, got a {frame.get('type')!r} frame")
 
         def on_close(self, code: int, by: str) -> None:
             self.closes.append((code, by))
