@@ -181,3 +181,35 @@ def replaced_console() -> list[Item]:
         Repeat({"type": "unread", "count": 0, "ref": ABSENT}, 0, 64),
         close(4000),
     ]
+
+
+async def start_call_erasing_shown_departed(t: CaseContext, c: Conn, a: Conn, b: Conn) -> None:
+    """C starts a call with A while the box shows departed B (R11c): C gets erased{B, call_started} and
+    chat_box{closed, null, erased} before the ok; A gets call started and provider_status on_call."""
+    await t.request(
+        c,
+        {"type": "start_call", "patient": a.pid},
+        answer=ok(),
+        events={
+            c: [erased(b, "call_started"), chat_box("closed", None, False, "erased")],
+            a: [Unordered(call("started"), provider_status("on_call"))],
+        },
+        title="C starts a call with A while the box shows departed B",
+    )
+
+
+async def end_call_not_in_view(t: CaseContext, c: Conn, a: Conn, b: Conn, *, title: str) -> None:
+    """C ends the call with A while the box does not show A: C gets patient_left{A, call_ended} and
+    erased{A, not_in_view} before the ok; A gets call ended and a 1000 close; B gets provider_status
+    online."""
+    await t.request(
+        c,
+        {"type": "end_call"},
+        answer=ok(),
+        events={
+            c: [patient_left(a, "call_ended"), erased(a, "not_in_view")],
+            a: [call("ended"), close(1000)],
+            b: [provider_status("online")],
+        },
+        title=title,
+    )

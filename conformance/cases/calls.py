@@ -6,17 +6,15 @@ from .._context import CaseContext
 from .._expect import (
     call,
     clinician_welcome,
-    erased,
     error,
     ok,
-    patient_left,
     patient_welcome,
     position,
     provider_status,
 )
-from .._patterns import Unordered, close
+from .._patterns import Unordered
 from .._registry import group
-from ._steps import leave, open_chat, patient_writes, start_call_while_b_waits
+from ._steps import end_call_not_in_view, leave, open_chat, patient_writes, start_call_while_b_waits
 
 case = group("calls")
 
@@ -63,17 +61,7 @@ async def end_call(t: CaseContext) -> None:
     call_ended}, erased{A, not_in_view}, ok; B gets provider_status online."""
     c, a, b = await t.setup("A", "B")
     await start_call_while_b_waits(t, c, a, b)
-    await t.request(
-        c,
-        {"type": "end_call"},
-        answer=ok(),
-        events={
-            c: [patient_left(a, "call_ended"), erased(a, "not_in_view")],
-            a: [call("ended"), close(1000)],
-            b: [provider_status("online")],
-        },
-        title="C ends the call",
-    )
+    await end_call_not_in_view(t, c, a, b, title="C ends the call")
 
 
 @case("R20.end-call-without-call", "end_call with no call in progress answers not_in_call")

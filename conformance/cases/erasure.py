@@ -6,7 +6,6 @@ from .._client import Conn
 from .._context import CaseContext
 from .._expect import (
     box_view,
-    call,
     chat_box,
     clinician_welcome,
     erased,
@@ -20,7 +19,6 @@ from .._expect import (
     stored,
     unread,
 )
-from .._patterns import Unordered
 from .._registry import group
 from ._steps import (
     clinician_writes,
@@ -30,6 +28,7 @@ from ._steps import (
     open_chat,
     patient_writes,
     replaced_console,
+    start_call_erasing_shown_departed,
     start_call_while_b_waits,
 )
 
@@ -143,16 +142,7 @@ async def call_started_erases(t: CaseContext) -> None:
     c, a, b = await t.setup("A", "B")
     await open_chat(t, c, b)
     await leave(t, b, c, box=("open", False))
-    await t.request(
-        c,
-        {"type": "start_call", "patient": a.pid},
-        answer=ok(),
-        events={
-            c: [erased(b, "call_started"), chat_box("closed", None, False, "erased")],
-            a: [Unordered(call("started"), provider_status("on_call"))],
-        },
-        title="C starts a call with A while the box shows departed B",
-    )
+    await start_call_erasing_shown_departed(t, c, a, b)
     await _not_found(t, c, b.pid, "B")
 
 

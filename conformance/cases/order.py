@@ -35,7 +35,15 @@ from .._expect import (
 )
 from .._patterns import Unordered, close
 from .._registry import group
-from ._steps import leave, minimize, open_chat, patient_writes, start_call_while_b_waits
+from ._steps import (
+    end_call_not_in_view,
+    leave,
+    minimize,
+    open_chat,
+    patient_writes,
+    start_call_erasing_shown_departed,
+    start_call_while_b_waits,
+)
 
 case = group("order")
 
@@ -188,16 +196,7 @@ async def erased_chat_box_on_start_call(t: CaseContext) -> None:
     c, a, b = await t.setup("A", "B")
     await open_chat(t, c, b)
     await leave(t, b, c, box=("open", False))
-    await t.request(
-        c,
-        {"type": "start_call", "patient": a.pid},
-        answer=ok(),
-        events={
-            c: [erased(b, "call_started"), chat_box("closed", None, False, "erased")],
-            a: [Unordered(call("started"), provider_status("on_call"))],
-        },
-        title="C starts a call with A while the box shows departed B",
-    )
+    await start_call_erasing_shown_departed(t, c, a, b)
 
 
 @case(
@@ -210,17 +209,7 @@ async def patient_left_erased_before_ok(t: CaseContext) -> None:
     not_in_view}, then ok; A gets call ended and a 1000 close; B gets provider_status online."""
     c, a, b = await t.setup("A", "B")
     await start_call_while_b_waits(t, c, a, b)
-    await t.request(
-        c,
-        {"type": "end_call"},
-        answer=ok(),
-        events={
-            c: [patient_left(a, "call_ended"), erased(a, "not_in_view")],
-            a: [call("ended"), close(1000)],
-            b: [provider_status("online")],
-        },
-        title="C ends the call; the box is closed",
-    )
+    await end_call_not_in_view(t, c, a, b, title="C ends the call; the box is closed")
 
 
 @case(
