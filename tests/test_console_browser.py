@@ -40,6 +40,24 @@ def browser() -> Iterator[Browser]:
         yield opened
 
 
+class Keep:
+    """Closes what a test opened (patients, then tabs, as given), however the test ends."""
+
+    def __init__(self) -> None:
+        self.opened: list[WirePatient | Tab] = []
+
+    def __call__(self, *things: WirePatient | Tab) -> None:
+        self.opened.extend(things)
+
+
+@pytest.fixture
+def keep() -> Iterator[Keep]:
+    kept = Keep()
+    yield kept
+    for thing in kept.opened:
+        thing.close()
+
+
 def new_room() -> str:
     return f"console-test-{os.getpid()}-{next(_rooms)}"
 
@@ -119,168 +137,149 @@ def assert_forgotten(tab: Tab, text: str) -> None:
 
 
 def test_badge_counts_messages_of_a_patient_not_in_view_and_clears_when_their_chat_opens(
-        browser: Browser, server: RunningServer) -> None:
+        browser: Browser, server: RunningServer, keep: Keep) -> None:
     room = new_room()
     tab = open_console(browser, server, room)
     markup = "<b>Test</b> Patient &amp; A<img src=x>"  # a name is text, never markup
     alice = WirePatient(server.ws_url, room, markup)
-    try:
-        wait_in_queue(tab, alice)
-        assert tab.evaluate(f"document.querySelector('{entry(alice)} .name').textContent") == markup
-        assert tab.count(f"{entry(alice)} b, {entry(alice)} img") == 0
-        assert unread(tab, alice) == "0"
-        assert tab.evaluate(f"document.querySelector('{entry(alice)} [data-unread]').hidden") is True
-        texts = [secret_text(f"badge {n}") for n in range(3)]
-        for text in texts:
-            alice.send(text)
-        wait_unread(tab, alice, 3)
-        badge = f"{entry(alice)} [data-unread]"
-        assert tab.attr(badge, "aria-label") == "3 unread messages"
-        assert tab.evaluate(f"document.querySelector('{badge}').textContent") == "3"
-        assert tab.evaluate(f"document.querySelector('{badge}').hidden") is False
-        assert box(tab) == ("closed", "")
-        open_chat(tab, alice)
-        wait_unread(tab, alice, 0)
-        assert tab.evaluate(f"document.querySelector('{badge}').hidden") is True
-        tab.wait_for("document.querySelectorAll('#messages [data-message-id]').length === 3",
-                     "three messages")
-        assert tab.evaluate("[...document.querySelectorAll('#messages [data-message-id]')]"
-                            ".map(e => e.dataset.messageId)") == ["1", "2", "3"]
-        for text in texts:
-            assert text in tab.evaluate("document.querySelector('#messages').textContent")
-        assert tab.evaluate("document.querySelector('#info').hidden") is True  # Chat closed the panel
-        assert tab.attr("[data-chat-box]", "aria-label") == f"Chat with {markup}"
-    finally:
-        alice.close()
-        tab.close()
+    keep(alice, tab)
+    wait_in_queue(tab, alice)
+    assert tab.evaluate(f"document.querySelector('{entry(alice)} .name').textContent") == markup
+    assert tab.count(f"{entry(alice)} b, {entry(alice)} img") == 0
+    assert unread(tab, alice) == "0"
+    assert tab.evaluate(f"document.querySelector('{entry(alice)} [data-unread]').hidden") is True
+    texts = [secret_text(f"badge {n}") for n in range(3)]
+    for text in texts:
+        alice.send(text)
+    wait_unread(tab, alice, 3)
+    badge = f"{entry(alice)} [data-unread]"
+    assert tab.attr(badge, "aria-label") == "3 unread messages"
+    assert tab.evaluate(f"document.querySelector('{badge}').textContent") == "3"
+    assert tab.evaluate(f"document.querySelector('{badge}').hidden") is False
+    assert box(tab) == ("closed", "")
+    open_chat(tab, alice)
+    wait_unread(tab, alice, 0)
+    assert tab.evaluate(f"document.querySelector('{badge}').hidden") is True
+    tab.wait_for("document.querySelectorAll('#messages [data-message-id]').length === 3",
+                 "three messages")
+    assert tab.evaluate("[...document.querySelectorAll('#messages [data-message-id]')]"
+                        ".map(e => e.dataset.messageId)") == ["1", "2", "3"]
+    for text in texts:
+        assert text in tab.evaluate("document.querySelector('#messages').textContent")
+    assert tab.evaluate("document.querySelector('#info').hidden") is True  # Chat closed the panel
+    assert tab.attr("[data-chat-box]", "aria-label") == f"Chat with {markup}"
 
 
 def test_a_minimized_box_opens_by_itself_on_a_new_message_still_on_its_patient(
-        browser: Browser, server: RunningServer) -> None:
+        browser: Browser, server: RunningServer, keep: Keep) -> None:
     room = new_room()
     tab = open_console(browser, server, room)
     alice = WirePatient(server.ws_url, room, "Test Patient A")
     bob = WirePatient(server.ws_url, room, "Test Patient B")
-    try:
-        wait_in_queue(tab, alice, bob)
-        open_chat(tab, alice)
-        tab.click("[data-chat-box] [data-action=minimize]")
-        wait_box(tab, "minimized", alice)
-        assert tab.evaluate("document.querySelector('#chat-body').hidden") is True
-        bob.send(secret_text("auto-open"))
-        wait_box(tab, "open", alice)  # R6, and R8: still on A
-        wait_unread(tab, bob, 1)
-        assert tab.evaluate("document.querySelector('#chat-body').hidden") is False
-    finally:
-        alice.close()
-        bob.close()
-        tab.close()
+    keep(alice, bob, tab)
+    wait_in_queue(tab, alice, bob)
+    open_chat(tab, alice)
+    tab.click("[data-chat-box] [data-action=minimize]")
+    wait_box(tab, "minimized", alice)
+    assert tab.evaluate("document.querySelector('#chat-body').hidden") is True
+    bob.send(secret_text("auto-open"))
+    wait_box(tab, "open", alice)  # R6, and R8: still on A
+    wait_unread(tab, bob, 1)
+    assert tab.evaluate("document.querySelector('#chat-body').hidden") is False
 
 
 def test_a_closed_box_stays_closed_and_only_the_badge_changes(
-        browser: Browser, server: RunningServer) -> None:
+        browser: Browser, server: RunningServer, keep: Keep) -> None:
     room = new_room()
     tab = open_console(browser, server, room)
     alice = WirePatient(server.ws_url, room, "Test Patient A")
-    try:
-        wait_in_queue(tab, alice)
-        open_chat(tab, alice)
-        tab.click("[data-chat-box] [data-action=close]")
-        wait_box(tab, "closed", None)
-        text = secret_text("closed box")
-        alice.send(text)
-        wait_unread(tab, alice, 1)
-        assert box(tab) == ("closed", "")  # R7
-        assert text not in tab.html()
-        # Notifications are on in a new room, and this browser has not granted the Notification API:
-        # the page says it itself.
-        tab.wait_for(f"!!document.querySelector('[data-notification][data-patient=\"{alice.id}\"]')",
-                     "the in-page notification")
-    finally:
-        alice.close()
-        tab.close()
+    keep(alice, tab)
+    wait_in_queue(tab, alice)
+    open_chat(tab, alice)
+    tab.click("[data-chat-box] [data-action=close]")
+    wait_box(tab, "closed", None)
+    text = secret_text("closed box")
+    alice.send(text)
+    wait_unread(tab, alice, 1)
+    assert box(tab) == ("closed", "")  # R7
+    assert text not in tab.html()
+    # Notifications are on in a new room, and this browser has not granted the Notification API:
+    # the page says it itself.
+    tab.wait_for(f"!!document.querySelector('[data-notification][data-patient=\"{alice.id}\"]')",
+                 "the in-page notification")
 
 
 def test_an_open_box_stays_on_the_first_patient_when_another_writes(
-        browser: Browser, server: RunningServer) -> None:
+        browser: Browser, server: RunningServer, keep: Keep) -> None:
     room = new_room()
     tab = open_console(browser, server, room)
     alice = WirePatient(server.ws_url, room, "Test Patient A")
     bob = WirePatient(server.ws_url, room, "Test Patient B")
-    try:
-        wait_in_queue(tab, alice, bob)
-        open_chat(tab, alice)
-        text = secret_text("from B")
-        bob.send(text)
-        wait_unread(tab, bob, 1)
-        assert box(tab) == ("open", alice.id)  # R8
-        assert unread(tab, alice) == "0"
-        assert text not in tab.html()
-        assert text not in tab.evaluate("window.queuechatConsole.snapshot()")  # not shown: not kept either
-    finally:
-        alice.close()
-        bob.close()
-        tab.close()
+    keep(alice, bob, tab)
+    wait_in_queue(tab, alice, bob)
+    open_chat(tab, alice)
+    text = secret_text("from B")
+    bob.send(text)
+    wait_unread(tab, bob, 1)
+    assert box(tab) == ("open", alice.id)  # R8
+    assert unread(tab, alice) == "0"
+    assert text not in tab.html()
+    assert text not in tab.evaluate("window.queuechatConsole.snapshot()")  # not shown: not kept either
 
 
 # --------------------------------------------------------------------------- R9, R10
 
 
 def test_after_the_patient_leaves_sending_is_disabled_and_the_notice_shows(
-        browser: Browser, server: RunningServer) -> None:
+        browser: Browser, server: RunningServer, keep: Keep) -> None:
     room = new_room()
     tab = open_console(browser, server, room)
     alice = WirePatient(server.ws_url, room, "Test Patient A")
-    try:
-        wait_in_queue(tab, alice)
-        open_chat(tab, alice)
-        assert tab.evaluate("document.querySelector('[data-action=send]').disabled") is False
-        assert tab.evaluate("document.querySelector('[data-notice=patient-left]').hidden") is True
-        alice.leave()
-        tab.wait_for("document.querySelector('[data-chat-box]').dataset.patientPresent === 'false'",
-                     "the box to say the patient has left")
-        assert box(tab) == ("open", alice.id)
-        assert tab.evaluate("document.querySelector('[data-action=send]').disabled") is True
-        assert tab.evaluate("document.querySelector('#send-text').disabled") is True
-        notice = tab.evaluate("(() => { const n = document.querySelector('[data-notice=patient-left]');"
-                              " return n.hidden ? '' : n.textContent; })()")
-        assert "has left" in notice and "no longer send" in notice
-        assert tab.count(f"#queue {entry(alice)}") == 0
-    finally:
-        alice.close()
-        tab.close()
+    keep(alice, tab)
+    wait_in_queue(tab, alice)
+    open_chat(tab, alice)
+    assert tab.evaluate("document.querySelector('[data-action=send]').disabled") is False
+    assert tab.evaluate("document.querySelector('[data-notice=patient-left]').hidden") is True
+    alice.leave()
+    tab.wait_for("document.querySelector('[data-chat-box]').dataset.patientPresent === 'false'",
+                 "the box to say the patient has left")
+    assert box(tab) == ("open", alice.id)
+    assert tab.evaluate("document.querySelector('[data-action=send]').disabled") is True
+    assert tab.evaluate("document.querySelector('#send-text').disabled") is True
+    notice = tab.evaluate("(() => { const n = document.querySelector('[data-notice=patient-left]');"
+                          " return n.hidden ? '' : n.textContent; })()")
+    assert "has left" in notice and "no longer send" in notice
+    assert tab.count(f"#queue {entry(alice)}") == 0
 
 
-def test_with_notifications_off_no_notification_is_raised(browser: Browser, server: RunningServer) -> None:
+def test_with_notifications_off_no_notification_is_raised(
+        browser: Browser, server: RunningServer, keep: Keep) -> None:
     room = new_room()
     tab = open_console(browser, server, room, stub_notifications=True)
     alice = WirePatient(server.ws_url, room, "Test Patient A")
-    try:
-        wait_in_queue(tab, alice)
-        assert tab.evaluate("document.querySelector('[data-setting=chat-notifications]').checked") is True
-        alice.send(secret_text("notified"))
-        tab.wait_for("window.__notifications.length === 1", "a notification while notifications are on")
-        assert tab.evaluate("window.__notifications[0].tag") == alice.id
-        assert secret_text("x")[:20] not in json.dumps(tab.evaluate("window.__notifications"))
+    keep(alice, tab)
+    wait_in_queue(tab, alice)
+    assert tab.evaluate("document.querySelector('[data-setting=chat-notifications]').checked") is True
+    alice.send(secret_text("notified"))
+    tab.wait_for("window.__notifications.length === 1", "a notification while notifications are on")
+    assert tab.evaluate("window.__notifications[0].tag") == alice.id
+    assert secret_text("x")[:20] not in json.dumps(tab.evaluate("window.__notifications"))
 
-        tab.click("[data-action=settings]")
-        tab.click("[data-setting=chat-notifications]")
-        tab.wait_for("JSON.parse(window.queuechatConsole.snapshot()).notifications === false",
-                     "the setting to be saved")
-        alice.send(secret_text("silent"))
-        wait_unread(tab, alice, 2)
-        # Barrier: turned back on, the next message notifies; the one in between must not have.
-        tab.click("[data-setting=chat-notifications]")
-        tab.wait_for("JSON.parse(window.queuechatConsole.snapshot()).notifications === true",
-                     "the setting on")
-        alice.send(secret_text("notified again"))
-        wait_unread(tab, alice, 3)
-        tab.wait_for("window.__notifications.length >= 2", "the notification after turning them on again")
-        assert tab.evaluate("window.__notifications.length") == 2
-        assert tab.count("[data-notification]") == 0  # granted: none in the page either
-    finally:
-        alice.close()
-        tab.close()
+    tab.click("[data-action=settings]")
+    tab.click("[data-setting=chat-notifications]")
+    tab.wait_for("JSON.parse(window.queuechatConsole.snapshot()).notifications === false",
+                 "the setting to be saved")
+    alice.send(secret_text("silent"))
+    wait_unread(tab, alice, 2)
+    # Barrier: turned back on, the next message notifies; the one in between must not have.
+    tab.click("[data-setting=chat-notifications]")
+    tab.wait_for("JSON.parse(window.queuechatConsole.snapshot()).notifications === true",
+                 "the setting on")
+    alice.send(secret_text("notified again"))
+    wait_unread(tab, alice, 3)
+    tab.wait_for("window.__notifications.length >= 2", "the notification after turning them on again")
+    assert tab.evaluate("window.__notifications.length") == 2
+    assert tab.count("[data-notification]") == 0  # granted: none in the page either
 
 
 # --------------------------------------------------------------------------- R11, R12: the four triggers
@@ -302,171 +301,151 @@ def departed_in_view(tab: Tab, server: RunningServer, room: str) -> tuple[WirePa
 
 
 def test_closing_the_box_erases_the_departed_patients_conversation(
-        browser: Browser, server: RunningServer) -> None:
+        browser: Browser, server: RunningServer, keep: Keep) -> None:
     room = new_room()
     tab = open_console(browser, server, room)
     alice, text = departed_in_view(tab, server, room)
-    try:
-        assert text in tab.evaluate("window.queuechatConsole.snapshot()")
-        assert text in tab.heap_strings()  # control: the heap check sees text that is there
-        tab.click("[data-chat-box] [data-action=close]")
-        tab.wait_for("!!document.querySelector('[data-erased=chat_closed]')", "the erasure notice")
-        wait_box(tab, "closed", None)
-        assert tab.count("[data-message-id]") == 0
-        assert_forgotten(tab, text)
-    finally:
-        alice.close()
-        tab.close()
+    keep(alice, tab)
+    assert text in tab.evaluate("window.queuechatConsole.snapshot()")
+    assert text in tab.heap_strings()  # control: the heap check sees text that is there
+    tab.click("[data-chat-box] [data-action=close]")
+    tab.wait_for("!!document.querySelector('[data-erased=chat_closed]')", "the erasure notice")
+    wait_box(tab, "closed", None)
+    assert tab.count("[data-message-id]") == 0
+    assert_forgotten(tab, text)
 
 
 def test_viewing_another_patients_chat_erases_the_departed_patients_conversation(
-        browser: Browser, server: RunningServer) -> None:
+        browser: Browser, server: RunningServer, keep: Keep) -> None:
     room = new_room()
     tab = open_console(browser, server, room)
     bob = WirePatient(server.ws_url, room, "Test Patient B")
     alice, text = departed_in_view(tab, server, room)
-    try:
-        open_chat(tab, bob)
-        tab.wait_for("!!document.querySelector('[data-erased=viewed_other]')", "the erasure notice")
-        assert_forgotten(tab, text)
-    finally:
-        alice.close()
-        bob.close()
-        tab.close()
+    keep(alice, bob, tab)
+    open_chat(tab, bob)
+    tab.wait_for("!!document.querySelector('[data-erased=viewed_other]')", "the erasure notice")
+    assert_forgotten(tab, text)
 
 
 def test_starting_another_call_erases_the_departed_patients_conversation(
-        browser: Browser, server: RunningServer) -> None:
+        browser: Browser, server: RunningServer, keep: Keep) -> None:
     room = new_room()
     tab = open_console(browser, server, room)
     bob = WirePatient(server.ws_url, room, "Test Patient B")
     alice, text = departed_in_view(tab, server, room)
-    try:
-        tab.click(f"{entry(bob)} [data-action=menu]")
-        tab.click("#info [data-action=start-call]")
-        tab.wait_for("!!document.querySelector('[data-erased=call_started]')", "the erasure notice")
-        wait_box(tab, "closed", None)
-        assert tab.attr("#call-status", "data-call") == "in_call"
-        assert tab.attr("[data-provider-status]", "data-provider-status") == "on_call"
-        assert "no audio or video" in tab.evaluate("document.querySelector('#call-bar').textContent")
-        assert_forgotten(tab, text)
-    finally:
-        alice.close()
-        bob.close()
-        tab.close()
+    keep(alice, bob, tab)
+    tab.click(f"{entry(bob)} [data-action=menu]")
+    tab.click("#info [data-action=start-call]")
+    tab.wait_for("!!document.querySelector('[data-erased=call_started]')", "the erasure notice")
+    wait_box(tab, "closed", None)
+    assert tab.attr("#call-status", "data-call") == "in_call"
+    assert tab.attr("[data-provider-status]", "data-provider-status") == "on_call"
+    assert "no audio or video" in tab.evaluate("document.querySelector('#call-bar').textContent")
+    assert_forgotten(tab, text)
 
 
-def test_refreshing_the_page_erases_every_conversation(browser: Browser, server: RunningServer) -> None:
+def test_refreshing_the_page_erases_every_conversation(
+        browser: Browser, server: RunningServer, keep: Keep) -> None:
     room = new_room()
     tab = open_console(browser, server, room)
     alice = WirePatient(server.ws_url, room, "Test Patient A")
-    try:
-        wait_in_queue(tab, alice)
-        text = secret_text("refresh")
-        alice.send(text)
-        open_chat(tab, alice)
-        wait_text_shown(tab, text)
-        tab.reload()
-        tab.wait_for("document.body.dataset.connection === 'open'", "the console to reconnect")
-        wait_in_queue(tab, alice)  # the queue stays (R12)
-        assert box(tab) == ("closed", "")
-        assert_forgotten(tab, text)
-        open_chat(tab, alice)  # the present patient's conversation was erased too: ids go on
-        assert tab.count("#messages [data-message-id]") == 0
-        alice.send(secret_text("after refresh"))
-        tab.wait_for("document.querySelector('#messages [data-message-id]')?.dataset.messageId === '2'",
-                     "the next message, id 2")
-    finally:
-        alice.close()
-        tab.close()
+    keep(alice, tab)
+    wait_in_queue(tab, alice)
+    text = secret_text("refresh")
+    alice.send(text)
+    open_chat(tab, alice)
+    wait_text_shown(tab, text)
+    tab.reload()
+    tab.wait_for("document.body.dataset.connection === 'open'", "the console to reconnect")
+    wait_in_queue(tab, alice)  # the queue stays (R12)
+    assert box(tab) == ("closed", "")
+    assert_forgotten(tab, text)
+    open_chat(tab, alice)  # the present patient's conversation was erased too: ids go on
+    assert tab.count("#messages [data-message-id]") == 0
+    alice.send(secret_text("after refresh"))
+    tab.wait_for("document.querySelector('#messages [data-message-id]')?.dataset.messageId === '2'",
+                 "the next message, id 2")
 
 
 # --------------------------------------------------------------------------- origin, keyboard, patient page
 
 
 def test_the_console_asks_nothing_outside_its_origin_and_the_token_stays_in_the_fragment(
-        browser: Browser, server: RunningServer) -> None:
+        browser: Browser, server: RunningServer, keep: Keep) -> None:
     room = new_room()
     token = clinician_token(DEVELOPMENT_SECRET, room)
     tab = open_console(browser, server, room)
-    try:
-        origin_ws = server.http_url.replace("http://", "ws://")
-        urls = tab.requested_urls()
-        assert urls, "no request seen"
-        assert all(url.startswith((server.http_url + "/", origin_ws + "/")) for url in urls), urls
-        assert f"{origin_ws}/v1/ws" in urls
-        assert not any(token in url for url in urls)
-        assert not any(token in json.dumps(headers) for headers in tab.request_headers())
-        # The CSP refuses an outside address (control: the same fetch to this origin works).
-        outside = tab.evaluate("fetch('http://127.0.0.2:9/x').then(() => 'fetched', () => 'refused')")
-        inside = tab.evaluate("fetch('/static/style.css').then(r => String(r.status), () => 'refused')")
-        assert (outside, inside) == ("refused", "200")
-        assert token not in server.log.read_text()
-        assert_no_storage(tab)
-    finally:
-        tab.close()
+    keep(tab)
+    origin_ws = server.http_url.replace("http://", "ws://")
+    urls = tab.requested_urls()
+    assert urls, "no request seen"
+    assert all(url.startswith((server.http_url + "/", origin_ws + "/")) for url in urls), urls
+    assert f"{origin_ws}/v1/ws" in urls
+    assert not any(token in url for url in urls)
+    assert not any(token in json.dumps(headers) for headers in tab.request_headers())
+    # The CSP refuses an outside address (control: the same fetch to this origin works).
+    outside = tab.evaluate("fetch('http://127.0.0.2:9/x').then(() => 'fetched', () => 'refused')")
+    inside = tab.evaluate("fetch('/static/style.css').then(r => String(r.status), () => 'refused')")
+    assert (outside, inside) == ("refused", "200")
+    assert token not in server.log.read_text()
+    assert_no_storage(tab)
 
 
-def test_the_queue_and_chat_work_from_the_keyboard(browser: Browser, server: RunningServer) -> None:
+def test_the_queue_and_chat_work_from_the_keyboard(
+        browser: Browser, server: RunningServer, keep: Keep) -> None:
     room = new_room()
     tab = open_console(browser, server, room)
     alice = WirePatient(server.ws_url, room, "Test Patient A")
-    try:
-        wait_in_queue(tab, alice)
-        tab.evaluate(f"document.querySelector('{entry(alice)} [data-action=menu]').focus()")
-        tab.press("Enter", "Enter", 13)
-        tab.wait_for("document.activeElement?.id === 'info-chat'", "focus on the Chat button")
-        tab.press("Enter", "Enter", 13)
-        wait_box(tab, "open", alice)
-        tab.wait_for("document.activeElement?.id === 'send-text'", "focus in the message field")
-        tab.evaluate("document.execCommand('insertText', false, 'Sample reply text')")
-        tab.press("Enter", "Enter", 13)
+    keep(alice, tab)
+    wait_in_queue(tab, alice)
+    tab.evaluate(f"document.querySelector('{entry(alice)} [data-action=menu]').focus()")
+    tab.press("Enter", "Enter", 13)
+    tab.wait_for("document.activeElement?.id === 'info-chat'", "focus on the Chat button")
+    tab.press("Enter", "Enter", 13)
+    wait_box(tab, "open", alice)
+    tab.wait_for("document.activeElement?.id === 'send-text'", "focus in the message field")
+    tab.evaluate("document.execCommand('insertText', false, 'Sample reply text')")
+    tab.press("Enter", "Enter", 13)
+    got = alice.ws.recv()
+    while json.loads(got).get("type") != "message":
         got = alice.ws.recv()
-        while json.loads(got).get("type") != "message":
-            got = alice.ws.recv()
-        assert json.loads(got)["text"] == "Sample reply text"
-        tab.wait_for("document.querySelectorAll('#messages [data-from=clinician]').length === 1",
-                     "the reply shown")
-    finally:
-        alice.close()
-        tab.close()
+    assert json.loads(got)["text"] == "Sample reply text"
+    tab.wait_for("document.querySelectorAll('#messages [data-from=clinician]').length === 1",
+                 "the reply shown")
 
 
 def test_the_patient_page_checks_in_and_follows_status_chat_rule_and_call(
-        browser: Browser, server: RunningServer) -> None:
+        browser: Browser, server: RunningServer, keep: Keep) -> None:
     room = new_room()
     console = open_console(browser, server, room)
     patient = browser.open(f"{server.http_url}/patient#room={room}")
-    try:
-        patient.evaluate("document.querySelector('#name').value = 'Test Patient P'")
-        patient.click("[data-action=check-in]")
-        patient.wait_for("document.querySelector('[data-position]').dataset.position === '1'", "place 1")
-        assert patient.attr("#provider", "data-provider-status") == "online"
-        console.wait_for("document.querySelectorAll('#queue [data-patient]').length === 1", "the patient")
-        pid = console.evaluate("document.querySelector('#queue [data-patient]').dataset.patient")
-        # R31 off: the page disables the chat and says why.
-        console.click("[data-action=settings]")
-        console.click("[data-setting=patient-initiated-chat]")
-        patient.wait_for("document.querySelector('#chat').dataset.chatAllowed === 'false'", "chat disabled")
-        assert patient.evaluate("document.querySelector('[data-notice=chat-disabled]').hidden") is False
-        # A call: the patient sees it start (and may write), then end.
-        console.click(f'#queue [data-patient="{pid}"] [data-action=menu]')
-        console.click("#info [data-action=start-call]")
-        patient.wait_for("document.querySelector('#call').dataset.call === 'started'", "the call started")
-        assert patient.evaluate("document.querySelector('#chat').dataset.chatAllowed") == "true"
-        assert patient.attr("#provider", "data-provider-status") == "on_call"
-        patient.evaluate("document.querySelector('#send-text').value = 'Sample question text'")
-        patient.click("[data-action=send]")
-        console.wait_for(f"document.querySelector('#queue [data-patient=\"{pid}\"] [data-unread]')"
-                         ".dataset.unread === '1'", "the badge")
-        console.click("[data-action=end-call]")
-        patient.wait_for("document.querySelector('#call').dataset.call === 'ended'", "the call ended")
-        patient.wait_for("document.body.dataset.stage === 'left'", "the page to show the patient has left")
-        console.wait_for("document.querySelectorAll('#queue [data-patient]').length === 0", "the queue empty")
-        assert_no_storage(patient)
-    finally:
-        patient.close()
-        console.close()
+    keep(patient, console)
+    patient.evaluate("document.querySelector('#name').value = 'Test Patient P'")
+    patient.click("[data-action=check-in]")
+    patient.wait_for("document.querySelector('[data-position]').dataset.position === '1'", "place 1")
+    assert patient.attr("#provider", "data-provider-status") == "online"
+    console.wait_for("document.querySelectorAll('#queue [data-patient]').length === 1", "the patient")
+    pid = console.evaluate("document.querySelector('#queue [data-patient]').dataset.patient")
+    # R31 off: the page disables the chat and says why.
+    console.click("[data-action=settings]")
+    console.click("[data-setting=patient-initiated-chat]")
+    patient.wait_for("document.querySelector('#chat').dataset.chatAllowed === 'false'", "chat disabled")
+    assert patient.evaluate("document.querySelector('[data-notice=chat-disabled]').hidden") is False
+    # A call: the patient sees it start (and may write), then end.
+    console.click(f'#queue [data-patient="{pid}"] [data-action=menu]')
+    console.click("#info [data-action=start-call]")
+    patient.wait_for("document.querySelector('#call').dataset.call === 'started'", "the call started")
+    assert patient.evaluate("document.querySelector('#chat').dataset.chatAllowed") == "true"
+    assert patient.attr("#provider", "data-provider-status") == "on_call"
+    patient.evaluate("document.querySelector('#send-text').value = 'Sample question text'")
+    patient.click("[data-action=send]")
+    console.wait_for(f"document.querySelector('#queue [data-patient=\"{pid}\"] [data-unread]')"
+                     ".dataset.unread === '1'", "the badge")
+    console.click("[data-action=end-call]")
+    patient.wait_for("document.querySelector('#call').dataset.call === 'ended'", "the call ended")
+    patient.wait_for("document.body.dataset.stage === 'left'", "the page to show the patient has left")
+    console.wait_for("document.querySelectorAll('#queue [data-patient]').length === 0", "the queue empty")
+    assert_no_storage(patient)
 
 
 def test_screenshots_of_each_box_state_and_the_patient_page(
