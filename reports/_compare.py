@@ -556,45 +556,30 @@ def junit_xml(comparison: Comparison) -> bytes:
         ET.SubElement(settings, "system-out").text = forced
     bounds = comparison.bounds
     not_comparable = comparison.verdict == "not comparable"
-    for entry in comparison.entries:
-        case = ET.SubElement(
-            suite,
-            "testcase",
-            classname=f"queuechat.compare.{entry.entry}",
-            name=f"{bounds.figure} not worse by more than {bounds.max_increase_pct:g} % "
-            f"and {bounds.floor_ms:g} ms",
-        )
+    judged = [
+        (f"queuechat.compare.{entry.entry}",
+         f"{bounds.figure} not worse by more than {bounds.max_increase_pct:g} % and {bounds.floor_ms:g} ms",
+         entry.status, entry.reason)
+        for entry in comparison.entries
+    ] + [
+        ("queuechat.compare.run", f"{measure.name} not worse beyond the bound", measure.status,
+         measure.reason)
+        for measure in comparison.measures
+    ]
+    for classname, name, status, reason in judged:
+        case = ET.SubElement(suite, "testcase", classname=classname, name=name)
         cases += 1
         if not_comparable:
             ET.SubElement(case, "skipped", message="not judged: the runs are not comparable")
             skipped += 1
-        elif entry.status == REGRESSION:
-            ET.SubElement(case, "failure", message=f"regression: {entry.reason}")
+        elif status == REGRESSION:
+            ET.SubElement(case, "failure", message=f"regression: {reason}")
             failures += 1
-        elif entry.status == NOT_JUDGED:
-            ET.SubElement(case, "skipped", message=entry.reason)
+        elif status == NOT_JUDGED:
+            ET.SubElement(case, "skipped", message=reason)
             skipped += 1
         else:
-            ET.SubElement(case, "system-out").text = f"{entry.status}: {entry.reason}"
-    for measure in comparison.measures:
-        case = ET.SubElement(
-            suite,
-            "testcase",
-            classname="queuechat.compare.run",
-            name=f"{measure.name} not worse beyond the bound",
-        )
-        cases += 1
-        if not_comparable:
-            ET.SubElement(case, "skipped", message="not judged: the runs are not comparable")
-            skipped += 1
-        elif measure.status == REGRESSION:
-            ET.SubElement(case, "failure", message=f"regression: {measure.reason}")
-            failures += 1
-        elif measure.status == NOT_JUDGED:
-            ET.SubElement(case, "skipped", message=measure.reason)
-            skipped += 1
-        else:
-            ET.SubElement(case, "system-out").text = f"{measure.status}: {measure.reason}"
+            ET.SubElement(case, "system-out").text = f"{status}: {reason}"
     suite.set("tests", str(cases))
     suite.set("failures", str(failures))
     suite.set("errors", "0")
