@@ -7,6 +7,7 @@ Set QUEUECHAT_TEST_VARIANT to the name of a deliberately wrong model in
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -21,6 +22,13 @@ from reference_server.protocol import Limits
 from reference_server.server import QueueChatServer
 
 TEST_SECRET = "test-secret-not-for-production"
+
+# Tests stop commands with SIGINT, as Ctrl-C does. A shell that runs pytest as a background job starts it
+# with SIGINT ignored, and an ignored signal stays ignored across exec: every child would ignore the
+# SIGINT a test sends and be killed at the test's timeout instead. A handler (unlike SIG_IGN) is reset
+# to the default in children, so install Python's usual one when the parent was started ignoring it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 StartServer = Callable[..., Awaitable[LiveServer]]
 
