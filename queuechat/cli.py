@@ -8,7 +8,6 @@ Exit codes: 0 success, 1 runtime failure, 2 usage error (``queuechat load``: 0 p
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import sys
 from pathlib import Path
@@ -16,20 +15,11 @@ from typing import Any
 
 import click
 
-from reference_server.protocol import DEVELOPMENT_SECRET, ROOM_PATTERN, Limits
+from reference_server.protocol import DEVELOPMENT_SECRET, ROOM_PATTERN, Limits, is_loopback_host
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-
-
-def is_loopback_host(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class _LimitValue(click.ParamType):  # type: ignore[type-arg]
