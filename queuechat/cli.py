@@ -1,5 +1,7 @@
-"""The ``queuechat`` command. Each subcommand imports its machinery only when it runs,
-so that the load tests' gevent never shares a process with Trio.
+"""The ``queuechat`` command. Each subcommand imports its machinery only when it runs (the imports
+inside the command functions below), so that the load tests' gevent never shares a process with Trio
+and ``queuechat --help`` starts without Trio, Locust or matplotlib; the subcommand modules never import
+this one back.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error (``queuechat load``: 0 pass,
 1 SLO breach, 2 usage or connection error, 3 invalid or incomplete run; ``queuechat report --compare``:
