@@ -263,9 +263,8 @@ def main() -> None:
 
     import trio
 
-    from reference_server._logging import configure_logging
     from reference_server.protocol import DEVELOPMENT_SECRET, Limits
-    from reference_server.server import QueueChatServer
+    from reference_server.server import QueueChatServer, configure_logging
 
     configure_logging(args.log_level)
     limits = Limits(**json.loads(args.limits))

@@ -60,14 +60,13 @@ async def _main(kind: str) -> None:
             await _until_stopped(nursery)
             nursery.cancel_scope.cancel()
         else:
-            from reference_server._logging import configure_logging
             from reference_server.protocol import (
                 DEVELOPMENT_SECRET,
                 LOAD_TEST_RATE_BURST,
                 LOAD_TEST_RATE_PER_S,
                 Limits,
             )
-            from reference_server.server import QueueChatServer
+            from reference_server.server import QueueChatServer, configure_logging
 
             configure_logging("warning")
             limits = Limits(rate_per_s=LOAD_TEST_RATE_PER_S, rate_burst=LOAD_TEST_RATE_BURST)

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type information
 
-from loadtests._hdr import MESSAGE_ENTRIES, decode
-from queuechat._load import die_with_parent
+from loadtests import MESSAGE_ENTRIES, decode_histogram
+from queuechat.children import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
@@ -57,7 +57,8 @@ def steady_rate(hlog: Path) -> float:
             continue
         tag, start, length, _, payload = line.split(",", 4)
         if tag[4:] in MESSAGE_ENTRIES and abs(float(length) - 1.0) < 1e-6:
-            per_interval[float(start)] = per_interval.get(float(start), 0) + decode(payload).get_total_count()
+            count = decode_histogram(payload).get_total_count()
+            per_interval[float(start)] = per_interval.get(float(start), 0) + count
     starts = sorted(per_interval)[1:-1]
     return sum(per_interval[s] for s in starts) / len(starts) if starts else 0.0
 

@@ -38,7 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from reference_server._logging import configure_logging  # noqa: E402
+from reference_server.server import configure_logging  # noqa: E402
 from simulator import check_history, load_scenario, run_in_process  # noqa: E402
 
 

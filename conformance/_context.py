@@ -23,6 +23,7 @@ from reference_server.protocol import clinician_token
 
 from ._client import Conn, RawConn, WireLog, open_conn, sanitize
 from ._expect import clinician_welcome, patient_joined, patient_welcome
+from ._outcomes import CaseSkipped, Failure
 from ._patterns import (
     ABSENT,
     CLOSE_TYPE,
@@ -35,7 +36,6 @@ from ._patterns import (
     render_frame,
     render_items,
 )
-from ._registry import Case, CaseSkipped, Failure
 
 # Marker strings in every text and name the suite sends: tests look for them in outputs.
 TEXT_MARKER: Final = "QCCONF-TEXT"
@@ -67,8 +67,8 @@ class SuiteEnv:
 class CaseContext:
     """The state of one running case; the case function drives it."""
 
-    def __init__(self, case: Case, env: SuiteEnv, nursery: trio.Nursery) -> None:
-        self.case = case
+    def __init__(self, case_id: str, env: SuiteEnv, nursery: trio.Nursery) -> None:
+        self.case_id = case_id
         self.env = env
         self._nursery = nursery
         self.origin = trio.current_time()
@@ -95,7 +95,7 @@ class CaseContext:
 
     def text(self, length: int | None = None, *, fill: str = "x") -> str:
         """A message text carrying the marker (``length`` code points when given)."""
-        base = f"{TEXT_MARKER} {self.case.id} #{next(self._texts)}"
+        base = f"{TEXT_MARKER} {self.case_id} #{next(self._texts)}"
         if length is not None:
             base = (base + " " + fill * length)[:length] if length >= len(base) else fill * length
         self.secrets.add(base)
@@ -155,7 +155,7 @@ class CaseContext:
 
     def _log(self, label: str) -> WireLog:
         if label in self.logs:
-            raise ValueError(f"label {label} is used twice in {self.case.id}")
+            raise ValueError(f"label {label} is used twice in {self.case_id}")
         log = WireLog(self.origin, self.secrets)
         self.logs[label] = log
         return log

@@ -8,12 +8,10 @@ their welcome has been read.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
+from ._client import Conn
 from ._patterns import ABSENT, ANY, INT, OPTIONAL, STR, TS, Matcher, PatientId, Satisfies
-
-if TYPE_CHECKING:
-    from ._client import Conn
 
 LIMIT_NAMES: Final = (
     "max_text_chars",
@@ -32,8 +30,6 @@ LIMIT_NAMES: Final = (
 
 def pid(patient: Conn | Matcher | str | None) -> Any:
     """A patient given as a connection (its id, once welcomed), a matcher, a literal id or None."""
-    from ._client import Conn
-
     if isinstance(patient, Conn):
         conn = patient
         return PatientId(lambda: conn.patient_id, conn.label)

@@ -21,12 +21,11 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-if TYPE_CHECKING:
-    from ._context import CaseContext
+from ._context import CaseContext
 
-CaseFunc = Callable[["CaseContext"], Awaitable[None]]
+CaseFunc = Callable[[CaseContext], Awaitable[None]]
 
 
 class Verdict(StrEnum):
@@ -119,30 +118,6 @@ def group(name: str) -> Callable[..., Callable[[CaseFunc], CaseFunc]]:
         return register
 
     return case
-
-
-# --------------------------------------------------------------------------- outcomes a case raises
-
-
-class CaseSkipped(Exception):
-    """The case cannot run against this server (a limit is off, too large, destructive...)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass
-class Failure(Exception):
-    """A departure from the contract at one step: what was expected beside what was seen."""
-
-    message: str
-    step: str = ""
-    expected: dict[str, list[str]] | None = None
-    seen: dict[str, list[str]] | None = None
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def all_cases() -> dict[str, Case]:

@@ -25,7 +25,8 @@ import trio
 
 from ._client import ConnectFailed, WireLog, open_conn, sanitize
 from ._context import CaseContext, SuiteEnv
-from ._registry import Case, CaseSkipped, Failure, Verdict, all_cases
+from ._outcomes import CaseSkipped, Failure
+from ._registry import Case, Verdict, all_cases
 
 SUITE_NAME = "queuechat-conformance"
 RESULT_VERSION = 1
@@ -237,7 +238,7 @@ async def run_case(case: Case, env: SuiteEnv, within_s: float) -> CaseResult:
     ctx: CaseContext | None = None
     try:
         async with trio.open_nursery() as nursery:
-            ctx = CaseContext(case, env, nursery)
+            ctx = CaseContext(case.id, env, nursery)
             try:
                 with trio.fail_after(within_s) as scope:
                     ctx.scope = scope

@@ -44,7 +44,6 @@ import itertools
 import secrets
 import sys
 import time
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +54,12 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 from . import _meta, _report
-from ._client import UNAUTHORIZED
 from ._cpu import CpuSampler, assess
 from ._hdr import MESSAGE_ENTRIES, Collector, Recorder, new_histogram, percentiles, write_json
 from ._settings import OPTIONS, Settings, from_options, host_problem
 from ._slo import SloError, Threshold, load_thresholds
+from ._state import LIVE_CLIENTS, ROLE_LOCAL, ROLE_MASTER, ROLE_WORKER, RecordingState, register_process_state
 
-ROLE_LOCAL, ROLE_MASTER, ROLE_WORKER = "local", "master", "worker"
 MSG_JOIN, MSG_FLUSH, MSG_FINAL = "queuechat_join", "queuechat_flush", "queuechat_final"
 FLUSH_TIMEOUT_S = 15.0
 # A run whose send schedule ended before its planned run time (``--run-time``) by more than this (or
@@ -72,18 +70,14 @@ LOCAL_SOURCE = "local"
 PROGRESS_PREFIX = "queuechat progress:"
 
 
-class ProcessState:
+class ProcessState(RecordingState):
     """What this Locust process records or merges, for the test that runs now."""
 
     def __init__(self, environment: Environment, role: str) -> None:
-        self.environment = environment
-        self.role = role
-        self.settings: Settings = from_options(environment.parsed_options)
-        self.recorder = Recorder(interval_s=self.settings.interval_s)
+        super().__init__(environment, role)
         self.collector: Collector | None = None
         self.thresholds: list[Threshold] = []
         self.run_id: str | None = None
-        self.started_at = time.time()
         self.cpu: CpuSampler | None = None
         self.participants: set[str] = set()
         self.latest_cpu: dict[str, float] = {}
@@ -92,14 +86,11 @@ class ProcessState:
         self._greenlets: list[gevent.Greenlet] = []
         self._finishing = False
         self.host_problem: str | None = None
-        self.seed = 0
-        self._user_numbers = itertools.count()
         self.environment_meta: dict[str, Any] = {}
         self.schedule_ended_at: float | None = None
         self.drain_waited_s: float | None = None
         self.interrupted = False
         self._progress: gevent.Greenlet | None = None
-        self._said: set[str] = set()
 
     # ------------------------------------------------------------------ starting
 
@@ -162,16 +153,6 @@ class ProcessState:
             self._progress = gevent.spawn(self._progress_forever)
             self._greenlets.append(self._progress)
 
-    def next_user_number(self) -> int:
-        """This process's users in the order they are made, from 0 each test: with the seed, each user's
-        random stream."""
-        return next(self._user_numbers)
-
-    def worker_index(self) -> int:
-        """Locust's index for this worker (given by the master), 0 for a single process."""
-        index = getattr(self.environment.runner, "worker_index", 0) if self.role == ROLE_WORKER else 0
-        return max(0, int(index or 0))
-
     def _start_cpu(self) -> None:
         self.cpu = CpuSampler()
         self._greenlets.append(gevent.spawn(self._sample_cpu_forever, self.cpu))
@@ -186,17 +167,6 @@ class ProcessState:
         current = gevent.getcurrent()
         greenlets, self._greenlets = self._greenlets, []
         gevent.killall([g for g in greenlets if g is not current], block=True, timeout=2.0)
-
-    def user_gave_up(self, reason: str) -> None:
-        """A user stops before the end: recorded (the run is invalid) and said once per reason."""
-        self.recorder.user_stopped(reason)
-        if reason in self._said:
-            return
-        self._said.add(reason)
-        at = time.time() - self.started_at
-        print(f"queuechat: {reason}" if reason == UNAUTHORIZED else
-              f"queuechat: a user stopped at {at:.1f} s: {reason}; the run will be invalid",
-              file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ stopping
 
@@ -214,8 +184,6 @@ class ProcessState:
     def drain(self) -> None:
         """End every user's schedule, wait (bounded) for what is in flight, then count what is missing
         as ``undelivered``. Neither when the run was interrupted (the run is incomplete anyway)."""
-        from ._users import LIVE_CLIENTS
-
         clients = list(LIVE_CLIENTS)
         for client in clients:
             client.end_schedule()
@@ -232,9 +200,7 @@ class ProcessState:
     # ------------------------------------------------------------------ recording side
 
     def _final_payload(self) -> dict[str, Any]:
-        from ._users import LIVE_CLIENTS  # users still running when the master asks (headless --run-time)
-
-        live = list(LIVE_CLIENTS)
+        live = list(LIVE_CLIENTS)  # users still running when the master asks (headless --run-time)
         self.recorder.count("in_flight_at_end", sum(len(client.pending) for client in live))
         for client in live:
             client.stopping = True  # the schedule ends: nothing is sent after the measured window
@@ -450,16 +416,6 @@ class SettingsError(ValueError):
     """Options that cannot be used."""
 
 
-_STATES: weakref.WeakKeyDictionary[Environment, ProcessState] = weakref.WeakKeyDictionary()
-
-
-def process_state(environment: Environment) -> ProcessState:
-    state = _STATES.get(environment)
-    if state is None:  # an Environment made without Locust's init event (a library use)
-        state = _STATES[environment] = ProcessState(environment, ROLE_LOCAL)
-    return state
-
-
 def _lost(runner: Any) -> set[str]:
     """Workers the master has marked missing (no heartbeat): they will send nothing more."""
     clients = getattr(runner, "clients", None)
@@ -499,7 +455,8 @@ def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
         role = ROLE_WORKER
     else:
         role = ROLE_LOCAL
-    state = _STATES[environment] = ProcessState(environment, role)
+    state = ProcessState(environment, role)
+    register_process_state(environment, state)
     if role != ROLE_WORKER:
         try:
             state.read_settings()

@@ -7,14 +7,12 @@ starts, never at import.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import random
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-from reference_server.protocol import DEVELOPMENT_SECRET
+from reference_server.protocol import DEVELOPMENT_SECRET, EndpointError, UrlFault, check_ws_url
 
 from ._cpu import DEFAULT_LIMIT_PERCENT, DEFAULT_MIN_SUSTAINED_S, DEFAULT_SAMPLE_S, DEFAULT_SUSTAINED_FRACTION
 
@@ -81,29 +79,17 @@ def user_random(seed: int, worker_index: int, user_number: int) -> random.Random
     return random.Random(f"queuechat-load:{seed}:{worker_index}:{user_number}")
 
 
-def is_loopback_host(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def host_problem(url: str | None, *, allow_remote: bool) -> str | None:
     """Why this ``--host`` may not be loaded, or None: a ws:// URL, on loopback unless allowed."""
     if not url:
         return "give the server with --host ws://127.0.0.1:8765/v1/ws"
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        host, parts = None, None
-    if parts is None or parts.scheme not in ("ws", "wss") or not host:
+        check_ws_url(url, allow_remote=allow_remote)
+    except EndpointError as error:
+        if error.fault is UrlFault.REMOTE:
+            return (f"refusing to send load to non-loopback host {error.host!r}; pass --qc-allow-remote if "
+                    "this server is yours to load")
         return f"--host {url!r} is not a ws:// or wss:// URL"
-    if not allow_remote and not is_loopback_host(host):
-        return (f"refusing to send load to non-loopback host {host!r}; pass --qc-allow-remote if this "
-                "server is yours to load")
     return None
 
 

@@ -42,7 +42,6 @@ import os
 import random
 import secrets
 import time
-import weakref
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -77,6 +76,7 @@ from ._hdr import (
     Recorder,
 )
 from ._settings import PATIENT_NAME, Settings, host_problem, user_random
+from ._state import LIVE_CLIENTS, process_state
 
 REQUEST_TYPE = "WS"
 UNATTRIBUTED = "unattributed"  # errors that belong to no request of ours (no ref, unreadable frame)
@@ -97,10 +97,6 @@ def _new_room_name() -> str:
     if prefix is None:
         prefix = _room_prefixes[pid] = f"lt-{pid:x}-{secrets.token_hex(4)}"
     return f"{prefix}-{next(_room_numbers)}"
-
-# Every live room of this process, so that the plugin can count messages in flight when it flushes.
-LIVE_CLIENTS: weakref.WeakSet[RoomClient] = weakref.WeakSet()
-
 
 class _Slot:
     """One patient place in the room; a new patient takes it after each call."""
@@ -516,8 +512,6 @@ class QueueChatUser(User):
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
-        from ._plugin import process_state  # the plugin owns the recorder and the settings
-
         state = process_state(environment)
         rng = user_random(state.seed, state.worker_index(), state.next_user_number())
         self.client = RoomClient(environment, self.host or "", state.settings, state.recorder, rng)

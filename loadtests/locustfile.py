@@ -11,7 +11,7 @@ section for ``queuechat load``, which runs this file against the reference
 server and gates on SLOs.
 """
 
-from loadtests._plugin import process_state  # noqa: F401  # registers the options and event listeners
+import loadtests._plugin  # noqa: F401  # registers the options and event listeners
 from loadtests._users import QueueChatUser, RoomClient, RoomUser
 
 __all__ = ["QueueChatUser", "RoomClient", "RoomUser"]

@@ -13,10 +13,20 @@ from pathlib import Path
 
 import click
 
+from reference_server.protocol import EndpointError, UrlFault, check_ws_url
+
 EXIT_OK = 0
 EXIT_FAILURES = 1
 EXIT_USAGE = 2
 DEFAULT_PATH = "/v1/ws"
+_URL_FAULTS = {
+    UrlFault.NOT_A_URL: "--url must be a ws:// or wss:// URL, not {url!r}",
+    UrlFault.SCHEME: "--url must be a ws:// or wss:// URL, not {url!r}",
+    UrlFault.NO_HOST: "--url has no host: {url!r}",
+    UrlFault.PORT: "--url has an invalid port: {url!r}",
+    UrlFault.REMOTE: "{host} is not a loopback address: the suite opens many connections and fills rooms; "
+                     "pass --allow-remote to test a server on another host",
+}
 
 
 @dataclass(frozen=True)
@@ -45,24 +55,12 @@ def split_globs(values: tuple[str, ...]) -> tuple[str, ...]:
 
 def check_url(url: str, allow_remote: bool) -> str:
     """The URL to test (``/v1/ws`` added when it has no path); a usage error when it is not allowed."""
-    from .cli import is_loopback_host
-
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("ws", "wss"):
-        raise click.UsageError(f"--url must be a ws:// or wss:// URL, not {url!r}")
     try:
-        host, _port = parts.hostname, parts.port
-    except ValueError:
-        raise click.UsageError(f"--url has an invalid port: {url!r}") from None
-    if not host:
-        raise click.UsageError(f"--url has no host: {url!r}")
-    if not allow_remote and not is_loopback_host(host):
-        raise click.UsageError(
-            f"{host} is not a loopback address: the suite opens many connections and fills rooms; "
-            "pass --allow-remote to test a server on another host"
-        )
-    if parts.path in ("", "/"):
-        url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, DEFAULT_PATH, parts.query, ""))
+        endpoint = check_ws_url(url, allow_remote=allow_remote)
+    except EndpointError as error:
+        raise click.UsageError(_URL_FAULTS[error.fault].format(url=url, host=error.host)) from None
+    if endpoint.path in ("", "/"):
+        url = urllib.parse.urlunsplit((endpoint.scheme, endpoint.netloc, DEFAULT_PATH, endpoint.query, ""))
     return url
 
 

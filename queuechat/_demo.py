@@ -184,8 +184,7 @@ def run(options: DemoOptions, *, echo: Echo = print) -> int:
 
 def _plan(options: DemoOptions) -> tuple[Any, int]:
     """The demo scenario, with the seed and duration asked for, and the load test's duration."""
-    from simulator import ScenarioError, load_scenario
-    from simulator._scenario import SCENARIO_DIR
+    from simulator import SCENARIO_DIR, ScenarioError, load_scenario
 
     for name, value, least in (("--sim-duration", options.sim_duration_s, MIN_SIM_S),
                                ("--load-duration", options.load_duration_s, 1)):
@@ -290,8 +289,8 @@ def _first_leaf(error: BaseException) -> BaseException:
 def _load_test(options: DemoOptions, load_s: int, url: str, load_dir: Path, outcome: _Outcome,
                interrupts: _Interrupts, say: Echo, echo: Echo) -> int | None:
     """``queuechat load --url URL`` in this process (Locust itself in a subprocess). None: go on."""
-    from loadtests._report import EXIT_USAGE as LOAD_USAGE
-    from loadtests._report import SUMMARY_FILE
+    from loadtests import EXIT_USAGE as LOAD_USAGE
+    from loadtests import SUMMARY_FILE
 
     from . import _load
 

@@ -1,14 +1,15 @@
 """Addresses of the pages the reference server serves (docs/console.md), from its ``ws://`` endpoint.
 
-Pure (standard library only): ``queuechat token --console`` uses it without starting anything.
+Pure (the standard library and the protocol): ``queuechat token --console`` uses it without starting
+anything.
 The clinician's token goes in the URL *fragment*, which a browser never sends to a server.
 """
 
 from __future__ import annotations
 
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-WS_PATH = "/v1/ws"
+from reference_server.protocol import WS_PATH, EndpointError, check_ws_url
 
 
 class LinkError(ValueError):
@@ -18,15 +19,11 @@ class LinkError(ValueError):
 def http_base(ws_url: str) -> str:
     """``ws://HOST:PORT/v1/ws`` -> ``http://HOST:PORT`` (``wss`` -> ``https``)."""
     try:
-        parts = urlsplit(ws_url)
-        parts.port  # noqa: B018  # raises on a bad port
-    except ValueError as error:
-        raise LinkError(f"{ws_url!r} is not a URL: {error}") from None
-    if parts.scheme not in ("ws", "wss") or not parts.hostname or parts.path != WS_PATH \
-            or parts.query or parts.fragment:
-        raise LinkError(f"{ws_url!r}: expected ws://HOST:PORT{WS_PATH} (or wss://)")
-    scheme = "https" if parts.scheme == "wss" else "http"
-    return f"{scheme}://{parts.netloc.rpartition('@')[2]}"
+        endpoint = check_ws_url(ws_url, exact_path=WS_PATH)
+    except EndpointError as error:
+        raise LinkError(str(error)) from None
+    scheme = "https" if endpoint.scheme == "wss" else "http"
+    return f"{scheme}://{endpoint.netloc.rpartition('@')[2]}"
 
 
 def console_link(ws_url: str, room: str, token: str) -> str:

@@ -33,21 +33,32 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit
 
 import websocket
 
 import loadtests
-from loadtests._report import EXIT_INVALID, EXIT_USAGE, SUMMARY_FILE, format_summary
-from loadtests._settings import DEFAULT_DRAIN_S, Settings, is_loopback_host
-from loadtests._slo import SloError, load_thresholds
+from loadtests import (
+    DEFAULT_DRAIN_S,
+    EXIT_INVALID,
+    EXIT_USAGE,
+    SUMMARY_FILE,
+    Settings,
+    SloError,
+    format_summary,
+    load_thresholds,
+)
 from reference_server.protocol import (
     DEVELOPMENT_SECRET,
     LOAD_TEST_RATE_BURST,
     LOAD_TEST_RATE_PER_S,
     WS_PATH,
+    EndpointError,
+    UrlFault,
+    check_ws_url,
     clinician_token,
 )
+
+from .children import die_with_parent
 
 PROGRESS_PREFIXES = ("queuechat progress:", "queuechat: ")
 SERVER_READY = re.compile(r"ready on (ws://\S+)")
@@ -106,16 +117,13 @@ def parse_duration(text: str) -> int:
 def check_url(url: str, *, allow_remote: bool) -> str:
     """A ``ws://`` or ``wss://`` URL; a non-loopback host only with ``--allow-remote``."""
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018  # raises on a bad port
-    except ValueError as error:
-        raise LoadUsageError(f"--url {url!r} is not a URL: {error}") from None
-    if parts.scheme not in ("ws", "wss") or not host:
-        raise LoadUsageError(f"--url {url!r}: expected ws://HOST:PORT{WS_PATH} (or wss://)")
-    if not is_loopback_host(host) and not allow_remote:
-        raise LoadUsageError(f"refusing to send load to non-loopback host {host!r}: load tests target "
-                             "127.0.0.1 or ::1; pass --allow-remote if this server is yours to load")
+        check_ws_url(url, allow_remote=allow_remote)
+    except EndpointError as error:
+        if error.fault is UrlFault.REMOTE:
+            raise LoadUsageError(f"refusing to send load to non-loopback host {error.host!r}: load tests "
+                                 "target 127.0.0.1 or ::1; pass --allow-remote if this server is yours to "
+                                 "load") from None
+        raise LoadUsageError(f"--url {error}") from None
     return url
 
 
@@ -135,28 +143,6 @@ def check_options(options: LoadOptions) -> None:
             raise LoadUsageError(str(error)) from None
     if not options.locustfile.is_file():
         raise LoadUsageError(f"--locustfile {str(options.locustfile)!r} does not exist")
-
-
-# --------------------------------------------------------------------------- child processes
-
-# Children run in sessions of their own (a Ctrl-C here must not reach them before we stop them in
-# order), so a parent killed outright would leave them behind. On Linux each child first asks the
-# kernel for SIGTERM when its parent dies (PR_SET_PDEATHSIG, kept across exec), then becomes the
-# real command.
-_DIE_WITH_PARENT = (
-    "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
-    "    sys.exit(1)  # the parent is already gone\n"
-    "os.execv(sys.argv[2], sys.argv[2:])\n"
-)
-
-
-def die_with_parent(command: list[str]) -> list[str]:
-    """``command``, run so that it gets SIGTERM if this process dies first (Linux; as is elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return command
-    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
 
 
 # --------------------------------------------------------------------------- the server

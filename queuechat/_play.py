@@ -25,9 +25,8 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
 
-from reference_server._logging import configure_logging
 from reference_server.protocol import DEVELOPMENT_SECRET, Limits, clinician_token
-from reference_server.server import QueueChatServer
+from reference_server.server import QueueChatServer, configure_logging
 from simulator import Scenario
 
 from ._links import console_link, patient_link

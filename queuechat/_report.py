@@ -73,8 +73,7 @@ def report(
     junit: Path | None,
     force: bool = False,
 ) -> None:
-    from reports import RegressionBounds, ReportError, write_comparison, write_load_report
-    from reports._compare import format_comparison
+    from reports import RegressionBounds, ReportError, format_comparison, write_comparison, write_load_report
 
     if (run is None) == (compare is None):
         _fail("give either RUN, or --compare BASELINE CANDIDATE")

@@ -7,10 +7,10 @@ import sys
 
 import trio
 
-from queuechat._links import page_lines
-from reference_server._logging import configure_logging, get_logger
 from reference_server.protocol import Limits
-from reference_server.server import QueueChatServer
+from reference_server.server import QueueChatServer, configure_logging, get_logger
+
+from ._links import page_lines
 
 
 async def _serve_until_signal(server: QueueChatServer, host: str, port: int) -> None:

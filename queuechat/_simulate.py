@@ -21,7 +21,9 @@ from typing import Any, TextIO
 
 import click
 
+from reference_server.protocol import is_loopback_host
 from simulator import (
+    MAX_SHOWN_PER_RULE,
     HistoryError,
     RunResult,
     Scenario,
@@ -34,7 +36,6 @@ from simulator import (
     run_in_process,
     run_over_sockets,
 )
-from simulator._checker import MAX_SHOWN_PER_RULE
 
 EXIT_OK = 0
 EXIT_VIOLATIONS = 1
@@ -115,7 +116,7 @@ def simulate(scenario_name: str, seed: int | None, duration: str | None, url: st
     update, bar = _progress(scenario.duration_s, scenario.name, show)
     try:
         if url is None:
-            from reference_server._logging import configure_logging
+            from reference_server.server import configure_logging
 
             # the in-process server's own warnings (a slow reader dropped...) are part of the scenario
             configure_logging("error" if quiet else "warning")
@@ -161,8 +162,6 @@ def _over_sockets(scenario: Scenario, url: str, secret: str | None, allow_remote
                   update: Any, speed: float = 1.0) -> RunResult:
     from simulator import parse_url
 
-    from .cli import is_loopback_host
-
     try:
         host, port, _ = parse_url(url)
     except ValueError as error:
@@ -197,7 +196,7 @@ def _run_meta(wall_s: float) -> dict[str, Any]:
     """Which code ran, on what: kept in the summary, never the history (which is byte-identical per seed)."""
     import datetime as dt
 
-    from loadtests._meta import environment
+    from loadtests import environment
 
     meta = environment(locust_version=None)
     del meta["locust_version"]

@@ -1,5 +1,7 @@
-"""The ``queuechat`` command. Each subcommand imports its machinery only when it runs,
-so that the load tests' gevent never shares a process with Trio.
+"""The ``queuechat`` command. Each subcommand imports its machinery only when it runs (the imports
+inside the command functions below), so that the load tests' gevent never shares a process with Trio
+and ``queuechat --help`` starts without Trio, Locust or matplotlib; the subcommand modules never import
+this one back.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error (``queuechat load``: 0 pass,
 1 SLO breach, 2 usage or connection error, 3 invalid or incomplete run; ``queuechat report --compare``:
@@ -8,7 +10,6 @@ Exit codes: 0 success, 1 runtime failure, 2 usage error (``queuechat load``: 0 p
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import sys
 from pathlib import Path
@@ -16,20 +17,11 @@ from typing import Any
 
 import click
 
-from reference_server.protocol import DEVELOPMENT_SECRET, ROOM_PATTERN, Limits
+from reference_server.protocol import DEVELOPMENT_SECRET, ROOM_PATTERN, Limits, is_loopback_host
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-
-
-def is_loopback_host(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class _LimitValue(click.ParamType):  # type: ignore[type-arg]

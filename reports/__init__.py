@@ -8,7 +8,13 @@ drawn, with the Agg backend and a private config folder.
 
 from __future__ import annotations
 
-from reports._compare import Comparison, ComparisonResult, RegressionBounds, write_comparison
+from reports._compare import (
+    Comparison,
+    ComparisonResult,
+    RegressionBounds,
+    format_comparison,
+    write_comparison,
+)
 from reports._errors import ReportError
 from reports._load_report import write_load_report
 from reports._page import ReportResult
@@ -23,5 +29,6 @@ __all__ = [
     "ComparisonResult",
     "RegressionBounds",
     "write_comparison",
+    "format_comparison",
 ]
 

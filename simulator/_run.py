@@ -9,12 +9,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from random import Random
 from typing import Any
-from urllib.parse import urlsplit
 
 import trio
 import trio.testing
 
-from reference_server.protocol import DEVELOPMENT_SECRET, WS_PATH, Limits
+from reference_server.protocol import (
+    DEVELOPMENT_SECRET,
+    WS_PATH,
+    EndpointError,
+    Limits,
+    UrlFault,
+    check_ws_url,
+)
 
 from ._agents import VIRTUAL_EPOCH_S, Conn, JumpingClock, Network, World, population, seeded_patient_ids
 from ._checker import Checker, Summary, Violation
@@ -24,6 +30,13 @@ from ._transport import MemoryNetwork
 
 # The secret of the in-process server: it never leaves the process.
 IN_PROCESS_SECRET = "queuechat-simulator-in-process"
+# What parse_url says of a URL it refuses (``queuechat simulate --url`` prints it after "--url: ").
+_URL_FAULTS = {
+    UrlFault.NOT_A_URL: "{detail}",
+    UrlFault.SCHEME: "{url!r} is not a ws:// URL (wss:// is left to a proxy)",
+    UrlFault.NO_HOST: "{url!r} has no host",
+    UrlFault.PORT: "{url!r} has a bad port",
+}
 
 
 @dataclass
@@ -239,7 +252,7 @@ def _shard(scenario: Scenario, rooms: list[str], header: dict[str, Any], part: s
            model_class: type[Any] | None) -> tuple[float, tuple[str, str] | None]:
     """A worker process: the rooms ``rooms[shard::jobs]``, their history written to ``part`` (with the whole
     run's header: the same heal and end times). The parent merges the parts and checks the whole."""
-    from reference_server._logging import configure_logging
+    from reference_server.server import configure_logging  # the server's logs, only in-process
 
     configure_logging("error")
     writer = HistoryWriter(Path(part), header)
@@ -336,16 +349,11 @@ def _run_sharded(scenario: Scenario, history_path: Path | None, header: dict[str
 
 def parse_url(url: str) -> tuple[str, int, str]:
     """(host, port, path) of a ``ws://`` URL; ValueError when it is not one."""
-    parts = urlsplit(url)
-    if parts.scheme != "ws":
-        raise ValueError(f"{url!r} is not a ws:// URL (wss:// is left to a proxy)")
-    if not parts.hostname:
-        raise ValueError(f"{url!r} has no host")
     try:
-        port = parts.port or 80
-    except ValueError:
-        raise ValueError(f"{url!r} has a bad port") from None
-    return parts.hostname, port, parts.path or WS_PATH
+        endpoint = check_ws_url(url, schemes=("ws",))
+    except EndpointError as error:
+        raise ValueError(_URL_FAULTS[error.fault].format(url=url, detail=error.detail)) from None
+    return endpoint.host, endpoint.port_or_default, endpoint.path or WS_PATH
 
 
 def run_over_sockets(

@@ -2,11 +2,13 @@
 gevent-based load tests can use them; the ``queuechat`` command imports Trio only in the subcommand
 that runs it; the server shell does import Trio. Each check runs in a fresh interpreter.
 
-Also: every public surface (``__all__``) lists only names that exist, each once.
+Also: every public surface (``__all__``) lists only names that exist, each once; no package imports
+another's private modules; and no modules import each other, even round about or inside functions.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import subprocess
@@ -87,6 +89,10 @@ def test_reports_read_files_and_import_none_of_the_packages_that_write_them() ->
     "reference_server.domain",
     "reference_server.server",
     "reports",
+    "simulator",
+    "loadtests",
+    "conformance",
+    "queuechat.children",
 ])
 def test_public_surface_lists_only_names_that_exist(module: str) -> None:
     """Every name in ``__all__`` is defined in the module, and none is listed twice."""
@@ -115,3 +121,150 @@ def test_the_wheel_ships_every_package_and_the_files_they_read(tmp_path: Path) -
     assert "loadtests/slo.toml" in names and "loadtests/locustfile.py" in names
     for package in ("reference_server", "queuechat", "loadtests", "conformance", "simulator", "reports"):
         assert f"{package}/__init__.py" in names, package
+
+
+def test_the_load_tests_face_imports_neither_locust_nor_gevent_nor_trio() -> None:
+    """``import loadtests`` (what ``queuechat load`` uses around a run) keeps its promise: the parts that
+    need Locust are loaded by the Locust file only."""
+    loaded = modules_after_import("loadtests")
+    assert "loadtests._report" in loaded  # positive control: the face did import its modules
+    forbidden = {"locust", "gevent", "trio", "trio_websocket"}
+    assert loaded.isdisjoint(forbidden), sorted(loaded & forbidden)
+
+
+# --------------------------------------------------------------------------- who imports what
+
+ROOT = Path(__file__).resolve().parent.parent
+# Every top-level package of the project (a folder with an __init__.py), tests left out.
+PACKAGES = sorted(p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.name != "tests")
+# Imports allowed to close a circle, each with its reason: the registry imports the case modules, which
+# register themselves with it, when every case is asked for.
+CIRCLE_EXCEPTIONS = {("conformance._registry", "conformance.cases")}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking_block(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and (
+        (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+        or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING"))
+
+
+def imported_modules(path: Path, known: set[str]) -> set[str]:
+    """Every module ``path`` imports, at the top or inside functions (not under TYPE_CHECKING): absolute
+    names, relative imports resolved; ``from package import name`` counts as the module ``package.name``
+    when there is one."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if _is_type_checking_block(node):
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                source = f"{base}.{node.module}" if node.module else base
+            else:
+                source = node.module or ""
+            submodules = {f"{source}.{alias.name}" for alias in node.names} & known
+            found.update(submodules)
+            if len(submodules) < len(node.names):  # names defined by the module itself
+                found.add(source)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8"), str(path)))
+    return found
+
+
+def project_modules() -> dict[str, Path]:
+    return {module_name(path): path for package in PACKAGES for path in (ROOT / package).rglob("*.py")}
+
+
+def test_the_project_has_the_packages_the_import_checks_walk() -> None:
+    """Positive control for the two checks below: they see every package (and benchmarks/)."""
+    expected = {"reference_server", "simulator", "loadtests", "reports", "conformance", "queuechat"}
+    assert expected <= set(PACKAGES)
+    modules = project_modules()
+    assert "loadtests._users" in modules and "conformance.cases" in modules
+    protocol = imported_modules(modules["reference_server.protocol"], set(modules))
+    assert {"reference_server._codec", "reference_server._frames"} <= protocol
+    registry = imported_modules(modules["conformance._registry"], set(modules))
+    assert "conformance.cases" in registry  # imported inside a function
+
+
+def test_no_package_reaches_into_another_packages_private_modules() -> None:
+    """queuechat/, benchmarks/ and every package import other packages through their public faces
+    (``__init__`` exports, or public modules such as ``reference_server.protocol``), never a ``_module``
+    of theirs. Tests may test a private module directly; they are not walked."""
+    modules = project_modules()
+    files = [*modules.values(), *sorted((ROOT / "benchmarks").glob("*.py"))]
+    reaching = []
+    for path in files:
+        own = path.relative_to(ROOT).parts[0]
+        for imported in sorted(imported_modules(path, set(modules))):
+            top, *rest = imported.split(".")
+            if top in PACKAGES and top != own and any(part.startswith("_") for part in rest):
+                reaching.append(f"{path.relative_to(ROOT)} imports {imported}")
+    assert reaching == []
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected parts of ``graph`` with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                connect(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            part = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                part.append(member)
+                if member == node:
+                    break
+            if len(part) > 1 or node in graph[node]:
+                found.append(sorted(part))
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+    return found
+
+
+def test_no_import_circles_among_the_projects_modules() -> None:
+    """No two modules import each other, directly or round about, counting imports inside functions
+    too: a circle is broken by moving the shared piece down, not by a late import. Imports under
+    TYPE_CHECKING don't count (they never run); the one exception is the case registration."""
+    modules = project_modules()
+    graph = {
+        name: {target for target in imported_modules(path, set(modules))
+               if target in modules and target != name and (name, target) not in CIRCLE_EXCEPTIONS}
+        for name, path in modules.items()
+    }
+    assert _circles(graph) == []
+
+
+def test_the_circle_finder_finds_a_circle() -> None:
+    """Positive control: a round-about circle and a plain one are found; a chain is not."""
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"e"}, "e": {"d"}, "f": {"a"}}
+    assert _circles(graph) == [["a", "b", "c"], ["d", "e"]]
+    assert _circles({"a": {"b"}, "b": set()}) == []

@@ -31,7 +31,7 @@ import psutil  # type: ignore[import-untyped]  # psutil ships no type informatio
 from support.processes import second_server
 
 from loadtests._hdr import LATENCY_ENTRIES, MESSAGE_ENTRIES
-from queuechat._load import die_with_parent
+from queuechat.children import die_with_parent
 from reports import write_load_report
 from tests.reports_html import read_page
 from tests.test_loadtests_runs import LOCUSTFILE, RUN_TIMEOUT_S, Run, _free_port, queuechat_load

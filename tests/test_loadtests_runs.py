@@ -44,7 +44,7 @@ from loadtests._hdr import (
 )
 from loadtests._meta import REFERENCE_SERVER
 from loadtests._settings import PATIENT_NAME, TEXT_MARK
-from queuechat._load import die_with_parent
+from queuechat.children import die_with_parent
 
 RUN_TIMEOUT_S = 120
 BUSY_MACHINE_WAIT_MS = 0.3

@@ -643,7 +643,7 @@ def test_websocket_client_frames_read_the_same_through_the_buffered_reads() -> N
 
 def test_a_wrong_secret_is_a_clear_usage_error(tmp_path: Path) -> None:
     """Against a server with another secret, the clinician's hello is refused: exit 2, no traceback."""
-    from queuechat._load import die_with_parent
+    from queuechat.children import die_with_parent
 
     server = subprocess.Popen(die_with_parent([sys.executable, "-m", "queuechat", "serve", "--port", "0",
                                                "--secret", "right", "--stats-interval-s", "off",
