@@ -170,6 +170,6 @@ def test_the_codecs_parser_refuses_a_wrong_mask_or_a_frame_over_its_limit_keepin
 def test_a_cut_frame_stays_buffered_until_the_rest_arrives() -> None:
     frame = wscodec.client_frame(b"never finished " * 30)
     parser = FrameParser(masked=True)
-    assert parser.feed(wscodec.cut(frame)) == [] and parser.buffered == len(frame) // 2
+    assert parser.feed(wscodec.cut_frame(frame)) == [] and parser.buffered == len(frame) // 2
     assert parser.feed(frame[len(frame) // 2:]) == [(FIN | OP_TEXT, b"never finished " * 30)]
     assert parser.buffered == 0

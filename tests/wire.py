@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from asyncapi_schema import validate_event
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from reference_server.protocol import clinician_token
 from reference_server.server import QueueChatServer
+from tests.asyncapi_schema import validate_event
 
 RECEIVE_TIMEOUT_S = 5.0
 _refs = itertools.count(1)
