@@ -159,8 +159,7 @@ def ping_frame(payload: bytes) -> bytes:
     return bytes((FIN | OP_PING, len(payload))) + payload
 
 
-def client_frame(payload: bytes, opcode: int = OP_TEXT, *, fin: bool = True,
-                 key: bytes | None = None) -> bytes:
+def client_frame(payload: bytes, opcode: int = OP_TEXT, fin: bool = True, key: bytes | None = None) -> bytes:
     """A client's frame, masked with ``key`` (4 random bytes unless given), as RFC 6455 asks of clients.
 
     The simulator's and the benchmarks' hot path: written out in full, no helper calls."""
@@ -296,18 +295,16 @@ class FrameParser:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[Frame]:
-        if self.error is not None:
-            return []
         buffer = self._buffer
         if buffer:
             buffer += data
             view: bytes | bytearray = buffer
+        elif self.error is not None:
+            return []
         else:
             view = data
         frames: list[Frame] = []
-        append = frames.append
         mask_bit = self._mask_bit
-        limit = self.max_payload
         pos, end = 0, len(view)
         while end - pos >= 2:
             second = view[pos + 1]
@@ -323,32 +320,35 @@ class FrameParser:
                     break
                 length = int.from_bytes(view[pos + 2:pos + 10], "big")
                 start = pos + 10
-            if limit is not None and length > limit:
-                self.error = FrameError(f"a frame of {length} bytes, over the limit of {limit}",
-                                        CLOSE_TOO_BIG)
-                break
-            if second & 0x80 != mask_bit:
-                what = "an unmasked client frame" if mask_bit else "a masked server frame"
-                self.error = FrameError(what, CLOSE_PROTOCOL_ERROR)
-                break
+            if second & 0x80 != mask_bit or (self.max_payload is not None and length > self.max_payload):
+                self._fail(second & 0x80, length)
+                buffer.clear()
+                return frames
             if mask_bit:
                 stop = start + 4 + length
                 if stop > end:
                     break
-                append((view[pos], mask(view[start + 4:stop], view[start:start + 4])))
+                frames.append((view[pos], mask(view[start + 4:stop], view[start:start + 4])))
             else:
                 stop = start + length
                 if stop > end:
                     break
-                append((view[pos], bytes(view[start:stop])))
+                frames.append((view[pos], bytes(view[start:stop])))
             pos = stop
-        if self.error is not None:
-            buffer.clear()
-        elif buffer:
+        if buffer:
             del buffer[:pos]
         elif pos < end:
             buffer += view[pos:]
         return frames
+
+    def _fail(self, mask_bit: int, length: int) -> None:
+        if self.max_payload is not None and length > self.max_payload:
+            self.error = FrameError(f"a frame of {length} bytes, over the limit of {self.max_payload}",
+                                    CLOSE_TOO_BIG)
+        elif mask_bit:
+            self.error = FrameError("a masked server frame", CLOSE_PROTOCOL_ERROR)
+        else:
+            self.error = FrameError("an unmasked client frame", CLOSE_PROTOCOL_ERROR)
 
 
 class MessageAssembler:

@@ -43,6 +43,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from reference_server import wscodec
 from reference_server.wscodec import FrameParser
+from reference_server.wscodec import client_frame as _client_frame
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
@@ -234,7 +235,7 @@ class FastClientProtocol(ClientProtocol):
         return len(payload)
 
     def _frame(self, opcode: int, payload: bytes) -> bytes:
-        return wscodec.client_frame(payload, opcode, key=self._mask_rng.getrandbits(32).to_bytes(4, "big"))
+        return _client_frame(payload, opcode, True, self._mask_rng.getrandbits(32).to_bytes(4, "big"))
 
     def close(self, code: int = 1000) -> None:
         if self.open and not self._closed and not self._close_sent:
@@ -261,9 +262,8 @@ class FastClientProtocol(ClientProtocol):
                 return
             self.open = True
             self._handler.on_open()
-        parser = self._parser
         handler = self._handler
-        for first, payload in parser.feed(data):
+        for first, payload in self._parser.feed(data):
             if self._closed:
                 return
             opcode = first & 0x0F
@@ -297,7 +297,7 @@ class FastClientProtocol(ClientProtocol):
                 return
             elif opcode == 0x2:
                 handler.on_frame({"type": None, "binary": True}, len(payload))
-        if parser.error is not None and not self._closed:  # a server must not mask
+        if self._parser.error is not None and not self._closed:  # a server must not mask
             self._finish(ABNORMAL_CLOSURE, "protocol_error")
 
 
