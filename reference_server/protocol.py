@@ -18,16 +18,20 @@ from ._codec import (
 from ._frames import *  # noqa: F403 -- the frame classes are this module's public surface
 from ._frames import __all__ as _frames_all
 from ._limits import LOAD_TEST_RATE_BURST, LOAD_TEST_RATE_PER_S, OPEN_CHAT_MAX_MESSAGES, Limits
+from ._requests import ANSWER_KINDS, RefNumbers, answers
 from ._tokens import DEVELOPMENT_SECRET, clinician_token, token_is_valid
 
 __all__ = [
     *_frames_all,
+    "ANSWER_KINDS",
     "DEVELOPMENT_SECRET",
     "LOAD_TEST_RATE_BURST",
     "LOAD_TEST_RATE_PER_S",
     "OPEN_CHAT_MAX_MESSAGES",
     "Limits",
     "ProtocolError",
+    "RefNumbers",
+    "answers",
     "checked_ref",
     "clinician_token",
     "decode_event",

@@ -24,15 +24,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from reference_server.wscodec import (
-    OP_BINARY,
-    OP_CONTINUATION,
-    OP_PING,
-    OP_TEXT,
-    bad_opcode_frame,
-    client_frame,
-    raw_frame,
-)
+from reference_server import wscodec
+from reference_server.wscodec import OP_BINARY, OP_CONTINUATION, OP_PING, OP_TEXT, client_frame
 
 MAX_REF = 64
 
@@ -279,5 +272,6 @@ class FrameGenerator:
             payload = b'{"type":"send","text":"' + b"x" * size + b'"}'
             return Item(self.transport(payload), "close", 1009, kind="oversized")
         if choice == 2:
-            return Item(raw_frame(b'{"type":"ping"}', rsv=r.randint(1, 7)), "close", 1002, kind="rsv")
-        return Item(bad_opcode_frame(b'{"type":"ping"}', 0x3 + r.randrange(5)), "close", 1002, kind="opcode")
+            return Item(wscodec.raw_frame(b'{"type":"ping"}', rsv=r.randint(1, 7)), "close", 1002, kind="rsv")
+        wire = wscodec.bad_opcode_frame(b'{"type":"ping"}', 0x3 + r.randrange(5))
+        return Item(wire, "close", 1002, kind="opcode")

@@ -15,7 +15,6 @@ read is bounded by a timeout.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import socket
 import struct
@@ -25,6 +24,7 @@ from typing import Any
 
 import trio
 
+from reference_server.protocol import RefNumbers, answers
 from reference_server.wscodec import (
     CLOSE_ABNORMAL,
     OP_CLOSE,
@@ -43,7 +43,7 @@ from reference_server.wscodec import (
     upgrade_request,
 )
 
-_refs = itertools.count(1)
+_refs = RefNumbers()
 
 
 class WsError(Exception):
@@ -128,11 +128,6 @@ class MessageReader:
         if self._parser.error is not None:
             raise WsError(str(self._parser.error))
         return [Message(opcode, payload) for opcode, payload in self._assembler.feed(frames)]
-
-
-def fresh_ref() -> str:
-    """A ref no other request of this process carries."""
-    return f"h{next(_refs)}"
 
 
 # --------------------------------------------------------------------------- blocking client
@@ -224,14 +219,12 @@ class SyncClient:
 
     def request(self, frame: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Send ``frame`` with a fresh ref; (the events before its answer, the answer)."""
-        ref = fresh_ref()
+        ref = _refs.fresh("h")
         self.send_json({**frame, "ref": ref})
         events: list[dict[str, Any]] = []
-        while True:
-            got = self.recv_json()
-            if got.get("ref") == ref and got.get("type") in ("ok", "error"):
-                return events, got
+        while not answers(got := self.recv_json(), ref):
             events.append(got)
+        return events, got
 
     def ok(self, frame: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         events, answer = self.request(frame)
