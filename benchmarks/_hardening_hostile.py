@@ -1,7 +1,7 @@
 """How far hostile clients move everyone else's delivery latency (goal: p99 within 20 % of before).
 
-    .venv/bin/python benchmarks/_hardening_hostile.py                  # every act, 10 s each
-    .venv/bin/python benchmarks/_hardening_hostile.py --acts flooder,burst --seconds 5 --json out.json
+    .venv/bin/python -m benchmarks._hardening_hostile                  # every act, 10 s each
+    .venv/bin/python -m benchmarks._hardening_hostile --acts flooder,burst --seconds 5 --json out.json
 
 The reference server runs in a process of its own with the contract's default
 limits. A steady control clinic (``--rooms`` rooms of a clinician and four
@@ -31,15 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-from _hardening_proc import ServerProcess, cpu_seconds, load_average  # noqa: E402
-from _hardening_swarm import Conn, Swarm, percentile, raise_nofile  # noqa: E402
-from _hardening_ws import OP_TEXT, SyncClient, WsError, json_frame  # noqa: E402
-
-from reference_server.protocol import DEVELOPMENT_SECRET, clinician_token  # noqa: E402
+from benchmarks._hardening_swarm import Conn, Swarm, percentile, raise_nofile
+from reference_server.protocol import DEVELOPMENT_SECRET, clinician_token
+from reference_server.wscodec import OP_TEXT, cut_frame
+from tests.support.rawws import SyncClient, WsError, json_frame
+from tests.support.server_process import ROOT, ServerProcess, cpu_seconds, load_average
 
 ACTS = ["slow_reader", "flooder", "burst", "reconnect_loop", "fill_room", "mid_frame"]
 
@@ -143,7 +139,7 @@ def act_mid_frame(url: str, until: float) -> None:
         client = SyncClient(url)
         client.hello({"type": "hello", "role": "patient", "room": "cut", "name": "Cut"})
         frame = json_frame({"type": "send", "text": "never finished " * 30})
-        client.send_bytes(frame[: len(frame) // 2])
+        client.send_bytes(cut_frame(frame))
         client.abort()
 
 
@@ -192,8 +188,8 @@ def measure(acts: list[str], seconds: float, rooms: int, rate: float) -> dict[st
                 swarm.drive(0.2, rate)
             swarm.drive(2, rate)
             before = window(swarm, seconds, rate)
-            attacker = subprocess.Popen([sys.executable, __file__, "--act", act, "--url", server.url,
-                                         "--seconds", str(seconds + 2)])
+            attacker = subprocess.Popen([sys.executable, "-m", "benchmarks._hardening_hostile", "--act", act,
+                                         "--url", server.url, "--seconds", str(seconds + 2)], cwd=ROOT)
             swarm.drive(1.0, rate)  # the act gets going
             cpu0, t0 = cpu_seconds(attacker.pid), time.monotonic()
             load = load_average()

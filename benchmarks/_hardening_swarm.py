@@ -3,8 +3,8 @@
 A Trio client per connection costs about as much per frame as the server does;
 at 10,000 connections and thousands of frames a second the load generator must
 cost much less than the server, so it is a plain ``selectors`` loop here.
-Frames are built with ``_hardening_ws`` (masked, as RFC 6455 asks of clients)
-and read with its ``FrameReader``; only ``message`` frames are decoded (for
+Frames are built with the project's codec (masked, as RFC 6455 asks of clients)
+and read with ``tests.support.rawws.MessageReader``; only ``message`` frames are decoded (for
 their ``client_ts``), the rest are counted by their ``type`` prefix.
 
 Delivery latency: every ``send`` carries ``client_ts`` = this process's
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import resource
 import selectors
 import socket
 import time
@@ -26,19 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from _hardening_ws import (
-    OP_CLOSE,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    FrameReader,
-    client_frame,
-    close_frame,
-    handshake_request,
-    json_frame,
-    parse_url,
-    split_handshake_response,
-)
+from reference_server.wscodec import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, client_frame
+from tests.support.rawws import Handshake, MessageReader, close_frame, json_frame, parse_url
 
 TEXT = "steady clinic load " * 3  # 57 characters
 
@@ -48,16 +38,15 @@ def now_ms() -> float:
 
 
 class Conn:
-    __slots__ = ("accept", "buf", "hs", "name", "on_close", "out", "patient_id", "patients", "reader", "role",
+    __slots__ = ("buf", "handshake", "name", "on_close", "out", "patient_id", "patients", "reader", "role",
                  "room", "sock", "state", "token", "welcome")
 
     def __init__(self, role: str, room: str, name: str = "", token: str = "") -> None:
         self.role, self.room, self.name, self.token = role, room, name, token
         self.sock: socket.socket | None = None
         self.state = "new"  # new -> connecting -> handshake -> hello -> open -> closed
-        self.reader = FrameReader()
-        self.hs = b""
-        self.accept = b""
+        self.reader = MessageReader()
+        self.handshake: Handshake | None = None
         self.out = bytearray()
         self.patient_id = ""
         self.patients: list[str] = []  # a clinician's present patients
@@ -189,10 +178,10 @@ class Swarm:
             if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                 self._fail(conn)
                 return
-            request, conn.accept = handshake_request(self.host, self.port, self.path)
+            conn.handshake = Handshake(self.host, self.port, self.path)
             conn.state = "handshake"
             self.sel.modify(sock, selectors.EVENT_READ, conn)
-            self._write(conn, request)
+            self._write(conn, conn.handshake.request)
             return
         if conn.out:
             try:
@@ -219,8 +208,8 @@ class Swarm:
             self._closed(conn, 1006)
             return
         if conn.state == "handshake":
-            conn.hs += data
-            got = split_handshake_response(conn.hs, conn.accept)
+            assert conn.handshake is not None
+            got = conn.handshake.feed(data)
             if got is None:
                 return
             status, data = got
@@ -326,8 +315,6 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def raise_nofile(target: int) -> int:
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(target, hard) if hard != resource.RLIM_INFINITY else target
     if want > soft:

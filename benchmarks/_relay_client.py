@@ -20,17 +20,30 @@ Roles of a connection:
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import os
 import selectors
 import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+from reference_server.protocol import DEVELOPMENT_SECRET, clinician_token
+from reference_server.wscodec import (
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    OPCODE_BITS,
+    Frame,
+    FrameParser,
+    client_frame,
+    close_code,
+    is_accepted,
+    new_key,
+    split_head,
+    upgrade_request,
+)
+
 TEXT = "x" * 64  # the message text: 64 characters, 64 bytes
 REQUEST = json.dumps({"type": "send", "text": TEXT}, separators=(",", ":")).encode()
 
@@ -44,81 +57,43 @@ class BenchError(Exception):
     pass
 
 
-def mask_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """One client frame (FIN set, masked with a random key)."""
-    key = os.urandom(4)
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        header = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        header = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    repeated = (key * (n // 4 + 1))[:n]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(n, "big")
-    return header + key + masked
-
-
 class _Conn:
-    __slots__ = ("buf", "counts", "frame", "index", "inflight", "role", "sent_at", "sock")
+    __slots__ = ("counts", "frame", "index", "inflight", "parser", "pending", "role", "sent_at", "sock")
 
     def __init__(self, sock: socket.socket, role: str, index: int) -> None:
         self.sock = sock
         self.role = role
         self.index = index
-        self.buf = b""
-        self.frame = mask_frame(REQUEST)
+        self.parser = FrameParser(masked=False)
+        self.pending: list[Frame] = []  # frames read during setup and not yet handled
+        self.frame = client_frame(REQUEST)  # masked once, sent again and again
         self.sent_at: list[float] = []
         self.inflight = 0
         self.counts: dict[str, int] = {}
 
-    def frames(self, data: bytes) -> list[tuple[int, bytes]]:
-        """Whole server frames in ``buf + data``; the rest stays in ``buf``."""
-        buf = self.buf + data if self.buf else data
-        out = []
-        pos, end = 0, len(buf)
-        while end - pos >= 2:
-            b0, b1 = buf[pos], buf[pos + 1]
-            n = b1 & 0x7F
-            start = pos + 2
-            if n == 126:
-                if end - pos < 4:
-                    break
-                n = int.from_bytes(buf[pos + 2:pos + 4], "big")
-                start = pos + 4
-            elif n == 127:
-                if end - pos < 10:
-                    break
-                n = int.from_bytes(buf[pos + 2:pos + 10], "big")
-                start = pos + 10
-            if b1 & 0x80:
-                raise BenchError("server frame is masked")
-            if end - start < n:
-                break
-            out.append((b0 & 0x0F, buf[start:start + n]))
-            pos = start + n
-        self.buf = buf[pos:]
-        return out
+    def frames(self, data: bytes) -> list[Frame]:
+        """Whole server frames in what was read so far; the rest stays in the parser."""
+        frames = self.parser.feed(data)
+        if self.parser.error is not None:
+            raise BenchError(str(self.parser.error))
+        if self.pending:
+            frames, self.pending = self.pending + frames, []
+        return frames
 
 
 def _handshake(sock: socket.socket, port: int, path: str) -> bytes:
-    key = base64.b64encode(os.urandom(16))
-    sock.sendall(
-        b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1:" + str(port).encode()
-        + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + key
-        + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
+    key = new_key()
+    sock.sendall(upgrade_request(f"127.0.0.1:{port}", path, key))
     data = b""
-    while b"\r\n\r\n" not in data:
+    while (split := split_head(data)) is None:
         chunk = sock.recv(4096)
         if not chunk:
             raise BenchError("server closed during the handshake")
         data += chunk
-    head, rest = data.split(b"\r\n\r\n", 1)
+    head, rest = split
     if not head.startswith(b"HTTP/1.1 101"):
         raise BenchError(f"handshake refused: {head.splitlines()[0]!r}")
-    accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-    if b"sec-websocket-accept: " + accept.lower() not in head.lower():
+    if not is_accepted(head, key):
         raise BenchError("bad Sec-WebSocket-Accept")
     return rest
 
@@ -127,34 +102,25 @@ def _connect(port: int, path: str, role: str, index: int) -> _Conn:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     conn = _Conn(sock, role, index)
-    conn.buf = _handshake(sock, port, path)
+    conn.pending = conn.frames(_handshake(sock, port, path))
     return conn
 
 
 def _recv_json(conn: _Conn) -> dict[str, Any]:
-    """Blocking, setup only: the next text frame as JSON."""
-    while True:
-        frames = conn.frames(b"")
-        if frames:
-            opcode, payload = frames[0]
-            # Put back what follows the first frame (rare during setup).
-            rest = b"".join(
-                bytes((0x80 | op, len(p))) + p if len(p) < 126 else
-                bytes((0x80 | op, 126)) + len(p).to_bytes(2, "big") + p
-                for op, p in frames[1:]
-            )
-            conn.buf = rest + conn.buf
-            if opcode != 0x1:
-                raise BenchError(f"setup: unexpected opcode {opcode}")
-            return json.loads(payload)  # type: ignore[no-any-return]
+    """Blocking, setup only: the next text frame as JSON (the frames after it stay pending)."""
+    while not conn.pending:
         chunk = conn.sock.recv(65536)
         if not chunk:
             raise BenchError("server closed during setup")
-        conn.buf += chunk
+        conn.pending = conn.frames(chunk)
+    first, payload = conn.pending.pop(0)
+    if first & OPCODE_BITS != OP_TEXT:
+        raise BenchError(f"setup: unexpected opcode {first & OPCODE_BITS}")
+    return json.loads(payload)  # type: ignore[no-any-return]
 
 
 def _send_json(conn: _Conn, obj: dict[str, Any]) -> None:
-    conn.sock.sendall(mask_frame(json.dumps(obj).encode()))
+    conn.sock.sendall(client_frame(json.dumps(obj).encode()))
 
 
 @dataclass
@@ -182,8 +148,6 @@ class Result:
 
 def setup(plan: Plan) -> list[_Conn]:
     """Open every connection and, in relay mode, say hello (blocking)."""
-    from reference_server.protocol import DEVELOPMENT_SECRET, clinician_token
-
     conns: list[_Conn] = []
     if plan.mode == "echo":
         for i in range(plan.echo_senders):
@@ -265,9 +229,9 @@ def run(plan: Plan, conns: list[_Conn], t_start: float, t_window: float, t_end: 
             now = perf()
             if conn.role == "sender":
                 sock = conn.sock
-                for opcode, payload in frames:
-                    if opcode != 0x1:
-                        _control(conn, opcode, payload)
+                for first, payload in frames:
+                    if first & OPCODE_BITS != OP_TEXT:
+                        _control(conn, first & OPCODE_BITS, payload)
                         continue
                     if echo:
                         if payload != REQUEST:
@@ -289,9 +253,9 @@ def run(plan: Plan, conns: list[_Conn], t_start: float, t_window: float, t_end: 
                     else:
                         conn.inflight -= 1
             else:
-                for opcode, payload in frames:
-                    if opcode != 0x1:
-                        _control(conn, opcode, payload)
+                for first, payload in frames:
+                    if first & OPCODE_BITS != OP_TEXT:
+                        _control(conn, first & OPCODE_BITS, payload)
                     elif payload.startswith(MESSAGE_PREFIX):
                         reader_counts["message"] += 1
                     elif payload.startswith(UNREAD_PREFIX):
@@ -322,10 +286,10 @@ def _readers_caught_up(counts: dict[str, int], total: int) -> bool:
 
 
 def _control(conn: _Conn, opcode: int, payload: bytes) -> None:
-    if opcode == 0x9:  # ping: answer pong
-        conn.sock.send(mask_frame(payload, 0xA))
-    elif opcode == 0x8:
-        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+    if opcode == OP_PING:
+        conn.sock.send(client_frame(payload, OP_PONG))
+    elif opcode == OP_CLOSE:
+        code = close_code(payload) if len(payload) >= 2 else None
         raise BenchError(f"server closed a {conn.role} connection with {code}")
-    elif opcode != 0xA:
+    elif opcode != OP_PONG:
         raise BenchError(f"unexpected opcode {opcode}")

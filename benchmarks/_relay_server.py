@@ -1,4 +1,5 @@
-"""The server under test, in its own process: ``python benchmarks/_relay_server.py echo|relay``.
+"""The server under test, in its own process: ``python benchmarks/_relay_server.py echo|relay``
+(run as a script, not with -m: see relay.py).
 
 Binds 127.0.0.1 port 0, prints ``port N`` on stdout once it listens (``relay``: followed by the
 folder reference_server was imported from), and runs

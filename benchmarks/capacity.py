@@ -1,11 +1,11 @@
 """Capacity: connections in steps, with a steady message load at each; memory per connection and p99.
 
-    .venv/bin/python benchmarks/capacity.py                       # steps 1k, 2k, 5k, 10k; 2,000 msgs/s
-    .venv/bin/python benchmarks/capacity.py --steps 500,1000 --seconds 5 --json out.json
+    .venv/bin/python -m benchmarks.capacity                       # steps 1k, 2k, 5k, 10k; 2,000 msgs/s
+    .venv/bin/python -m benchmarks.capacity --steps 500,1000 --seconds 5 --json out.json
 
-The reference server runs in a process of its own (``_hardening_server.py``,
+The reference server runs in a process of its own (``tests/support/server_runner.py``,
 default limits, open-files limit raised); the clients are one epoll loop in this
-process (``_hardening_swarm.py``). Rooms hold one clinician and ``--room-size``
+process (``benchmarks/_hardening_swarm.py``). Rooms hold one clinician and ``--room-size``
 minus one patients. At each step the connections are opened up to the step's
 count, then for ``--seconds`` every open connection may be picked to send: a
 patient to its clinician or a clinician to one of its patients, ``--rate``
@@ -29,14 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-from _hardening_proc import ServerProcess, cpu_seconds, load_average, rss_bytes  # noqa: E402
-from _hardening_swarm import Conn, Swarm, percentile, raise_nofile  # noqa: E402
-
-from reference_server.protocol import DEVELOPMENT_SECRET, clinician_token  # noqa: E402
+from benchmarks._hardening_swarm import Conn, Swarm, percentile, raise_nofile
+from reference_server.protocol import DEVELOPMENT_SECRET, clinician_token
+from tests.support.server_process import ServerProcess, cpu_seconds, load_average, rss_bytes
 
 
 def run(steps: list[int], rate: float, seconds: float, room_size: int, warmup_s: float,

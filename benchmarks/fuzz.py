@@ -1,12 +1,12 @@
 """Long fuzz run: seeded hostile frames at the reference server over real sockets.
 
-    .venv/bin/python benchmarks/fuzz.py                          # 1,000,000 frames, seed 1
-    .venv/bin/python benchmarks/fuzz.py --frames 20000 --seed 7 --json out.json
+    .venv/bin/python -m benchmarks.fuzz                          # 1,000,000 frames, seed 1
+    .venv/bin/python -m benchmarks.fuzz --frames 20000 --seed 7 --json out.json
 
-The server runs in a process of its own (``_hardening_server.py``) with the
+The server runs in a process of its own (``tests/support/server_runner.py``) with the
 request rate limit off (R43 would otherwise answer most frames
 ``rate_limited``). One clinician and one patient share a room; batches of
-frames from ``_hardening_fuzzgen.py`` go to one of them, then a ``ping``
+frames from ``tests/support/fuzzgen.py`` go to one of them, then a ``ping``
 barrier. The oracle, per connection:
 
 - every message that is not meant to close gets exactly one ``ok`` or
@@ -41,15 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-from _hardening_fuzzgen import FrameGenerator, Item  # noqa: E402
-from _hardening_proc import ServerProcess, load_average  # noqa: E402
-from _hardening_ws import OP_CLOSE, OP_TEXT, SyncClient, WsError, WsTimeout, json_frame  # noqa: E402
-
-from reference_server.protocol import DEVELOPMENT_SECRET, ERROR_CODES, clinician_token  # noqa: E402
+from reference_server.protocol import DEVELOPMENT_SECRET, ERROR_CODES, clinician_token
+from reference_server.wscodec import OP_CLOSE, OP_TEXT
+from tests.support.fuzzgen import FrameGenerator, Item
+from tests.support.rawws import SyncClient, WsError, WsTimeout, json_frame
+from tests.support.server_process import ServerProcess, load_average
 
 BARRIER = "~barrier-"
 

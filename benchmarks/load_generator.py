@@ -9,7 +9,7 @@ sampler), the sink's CPU, and the delivery latencies (corrected and
 uncorrected). A generator keeps up while the delivered rate matches the
 offered one and its CPU stays under 90 %.
 
-    .venv/bin/python benchmarks/load_generator.py --rates 2000,4000,8000 --duration 10
+    .venv/bin/python -m benchmarks.load_generator --rates 2000,4000,8000 --duration 10
 
 Figures go in ``benchmarks/README.md``; nothing here is asserted by tests.
 Loopback only; every run is bounded by ``--duration`` plus a grace period.

@@ -1,6 +1,6 @@
 """Summarise a py-spy ``--format raw`` profile (collapsed stacks) of the server.
 
-    .venv/bin/python benchmarks/profile_summary.py /tmp/relay.txt [--top 25]
+    .venv/bin/python -m benchmarks.profile_summary /tmp/relay.txt [--top 25]
 
 Prints where the time goes, by layer (each sample is put in the layer of its
 innermost recognised frame, so that e.g. a socket send under the writer

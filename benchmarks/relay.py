@@ -19,9 +19,9 @@ warm-up, then a fixed window in which round trips are counted and the
 server's CPU time is sampled from /proc. Prints round trips per second for
 each, and the ratio relay/echo (medians over ``--repeat`` interleaved runs).
 
-    .venv/bin/python benchmarks/relay.py                 # 3 x (echo, relay), 2 s warm-up + 8 s each
-    .venv/bin/python benchmarks/relay.py --json out.json --repeat 5
-    .venv/bin/python benchmarks/relay.py --only relay --py-spy /tmp/relay.txt   # profile the relay
+    .venv/bin/python -m benchmarks.relay                 # 3 x (echo, relay), 2 s warm-up + 8 s each
+    .venv/bin/python -m benchmarks.relay --json out.json --repeat 5
+    .venv/bin/python -m benchmarks.relay --only relay --py-spy /tmp/relay.txt   # profile the relay
 
 Every process it starts is stopped in ``finally``; load goes to 127.0.0.1 only.
 """
@@ -44,10 +44,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from benchmarks._relay_client import BenchError, Plan, Result, run, setup
 
-from _relay_client import BenchError, Plan, Result, run, setup  # noqa: E402
+# The server under test runs as a script (not with -m), so that a variant's folder on PYTHONPATH
+# comes before this checkout's and its reference_server is the one imported.
+RELAY_SERVER = Path(__file__).resolve().parent / "_relay_server.py"
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -83,7 +84,7 @@ def wait_until_quiet(max_busy_pct: float, timeout_s: float) -> float:
 
 def start_server(kind: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], int, str]:
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "_relay_server.py"), kind],
+        [sys.executable, str(RELAY_SERVER), kind],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, **(env or {})},
     )
     assert proc.stdout is not None

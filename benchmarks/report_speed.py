@@ -2,7 +2,7 @@
 (6 entries, 2 with uncorrected tags, one interval per second, ~R samples per second per message
 entry), then the report built from it, timed.
 
-    .venv/bin/python benchmarks/report_speed.py [--minutes 30] [--rate 200]
+    .venv/bin/python -m benchmarks.report_speed [--minutes 30] [--rate 200]
 
 Prints the seconds for reading + drawing + writing, and the page's size.
 """

@@ -1,8 +1,8 @@
 """Chat messages per wall-second for a scenario in virtual time, through the full wire stack.
 
-    python benchmarks/simulate_throughput.py                       # busy_clinic_day, seed 1, the table
-    python benchmarks/simulate_throughput.py --seeds 20            # the 20 full days, each checked
-    python benchmarks/simulate_throughput.py --configs lean:1,lean:2,plain:1 --heartbeat default,off
+    python -m benchmarks.simulate_throughput                       # busy_clinic_day, seed 1, the table
+    python -m benchmarks.simulate_throughput --seeds 20            # the 20 full days, each checked
+    python -m benchmarks.simulate_throughput --configs lean:1,lean:2,plain:1 --heartbeat default,off
 
 Every configuration runs the whole scenario in-process (the reference server behind its own
 trio-websocket shell, the agents' frames through WebSocket framing both ways), writes the history,
@@ -35,11 +35,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from reference_server.server import configure_logging  # noqa: E402
-from simulator import check_history, load_scenario, run_in_process  # noqa: E402
+from benchmarks._plain_client import open_plain_client
+from reference_server.server import configure_logging
+from simulator import check_history, load_scenario, run_in_process
 
 
 def _cpu() -> float:
@@ -59,7 +57,8 @@ def measure(scenario_name: str, seed: int, stack: str, jobs: int, heartbeat: str
     history = folder / f"{scenario_name}-{seed}-{stack}-{jobs}-{heartbeat}.jsonl"
     cpu0 = _cpu()
     started = time.perf_counter()
-    run_in_process(scenario, history, check=False, stack=stack, jobs=jobs,
+    run_in_process(scenario, history, check=False, stack=open_plain_client if stack == "plain" else None,
+                   jobs=jobs,
                    clock_kind="mock" if stack == "plain" else "jumping")
     run_s = time.perf_counter() - started
     checked = check_history(history)

@@ -1,11 +1,11 @@
 """Soak: a steady clinic for a long time; memory, connections and p99 over time; nothing may grow.
 
-    .venv/bin/python benchmarks/soak.py                         # 30 minutes, samples every 30 s
-    .venv/bin/python benchmarks/soak.py --minutes 0.3 --sample-s 3 --rooms 5 --json out.json   # (CI)
+    .venv/bin/python -m benchmarks.soak                         # 30 minutes, samples every 30 s
+    .venv/bin/python -m benchmarks.soak --minutes 0.3 --sample-s 3 --rooms 5 --json out.json   # (CI)
 
-The reference server runs in a process of its own (``_hardening_server.py``, the
+The reference server runs in a process of its own (``tests/support/server_runner.py``, the
 contract's default limits: rate limit, heartbeat every 20 s). The clinic is one
-epoll loop in this process (``_hardening_swarm.py``): ``--rooms`` rooms, each with
+epoll loop in this process (``benchmarks/_hardening_swarm.py``): ``--rooms`` rooms, each with
 a clinician and ``--patients`` patients, and a steady ``--rate`` messages a second
 both ways. Every second, at random: a patient leaves and another checks in; a
 clinician opens a chat, minimizes or closes it (erasures, R11), starts a call or
@@ -29,14 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-from _hardening_proc import ServerProcess, cpu_seconds, load_average  # noqa: E402
-from _hardening_swarm import Conn, Swarm, percentile, raise_nofile  # noqa: E402
-
-from reference_server.protocol import DEVELOPMENT_SECRET, clinician_token  # noqa: E402
+from benchmarks._hardening_swarm import Conn, Swarm, percentile, raise_nofile
+from reference_server.protocol import DEVELOPMENT_SECRET, clinician_token
+from tests.support.server_process import ServerProcess, cpu_seconds, load_average
 
 EXPECTED_RACES = {"patient_gone", "not_found", "not_in_call", "call_in_progress", "chat_disabled"}
 

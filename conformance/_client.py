@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import ssl
 import urllib.parse
@@ -34,6 +33,7 @@ import wsproto.utilities
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
 
 from reference_server.protocol import SERVER_FRAME_TYPES, redact
+from reference_server.wscodec import client_frame
 
 from ._patterns import CLOSE_TYPE
 
@@ -447,20 +447,7 @@ class RawConn:
     async def send_frame(self, opcode: int, payload: bytes, *, logged: Any) -> None:
         """One final frame with ``opcode`` and ``payload`` exactly as given (masked, as a client must)."""
         self.log.add("out", logged)
-        header = bytearray([0x80 | opcode])
-        length = len(payload)
-        if length < 126:
-            header.append(0x80 | length)
-        elif length < 65536:
-            header.append(0x80 | 126)
-            header += length.to_bytes(2, "big")
-        else:
-            header.append(0x80 | 127)
-            header += length.to_bytes(8, "big")
-        mask = os.urandom(4)
-        header += mask
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        await self._send_bytes(bytes(header) + masked)
+        await self._send_bytes(client_frame(payload, opcode))
 
     def _encode(self, event: wse.Event) -> bytes:
         """The bytes of a frame, or none once the connection is closing (the close shows up when it is

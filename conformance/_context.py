@@ -19,9 +19,10 @@ from typing import Any, Final, NoReturn
 
 import trio
 
-from reference_server.protocol import clinician_token
+from reference_server.protocol import RefNumbers, clinician_token
 
 from ._client import Conn, RawConn, WireLog, open_conn, sanitize
+from ._exchange import exchange
 from ._expect import clinician_welcome, patient_joined, patient_welcome
 from ._outcomes import CaseSkipped, Failure
 from ._patterns import (
@@ -84,7 +85,7 @@ class CaseContext:
         self.extensions: set[str] = set()
         self.scope: trio.CancelScope | None = None
         self.last_seen: dict[Conn, list[dict[str, Any]]] = {}  # the frames of the last step, unredacted
-        self._refs = itertools.count(1)
+        self._refs = RefNumbers()
         self._texts = itertools.count(1)
 
     # ------------------------------------------------------------------ names, texts, rooms
@@ -110,7 +111,7 @@ class CaseContext:
         return clinician_token(self.env.secret, room)
 
     def ref(self, conn: Conn) -> str:
-        return f"{conn.label.lower()}{next(self._refs)}"
+        return self._refs.fresh(conn.label.lower())
 
     @property
     def labels(self) -> dict[str, str]:
@@ -482,18 +483,16 @@ class CaseContext:
 
     async def _barrier(self, conn: Conn) -> list[dict[str, Any]]:
         """Send ``ping`` and return the frames received before its ``ok`` (the ``ok`` is not returned)."""
-        value = f"barrier-{next(self._refs)}"
-        await conn.send({"type": "ping", "ref": value})
         frames: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return await conn.recv(self.env.answer_timeout_s)
+
         try:
             with trio.fail_after(self.env.answer_timeout_s):
-                while True:
-                    frame = await conn.recv(self.env.answer_timeout_s)
-                    if frame["type"] in ("ok", "error") and frame.get("ref") == value:
-                        return frames
-                    frames.append(frame)
-                    if frame["type"] == CLOSE_TYPE:
-                        return frames
+                await exchange(conn.send, receive, {"type": "ping"}, self._refs.fresh("barrier-"),
+                               before=frames, stop_type=CLOSE_TYPE)
+                return frames
         except trio.TooSlowError:
             raise Failure(
                 f"{conn.label}: no answer to the ping barrier within {self.env.answer_timeout_s:g} s",

@@ -20,7 +20,6 @@ text or a name: Locust shows and saves their messages.
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -30,11 +29,11 @@ import msgspec
 import websocket
 from gevent.event import AsyncResult  # type: ignore[import-untyped]
 
-from reference_server.protocol import decode_event
+from reference_server.protocol import RefNumbers, decode_event
 
 from ._wsbuffer import buffer_reads
 
-_refs = itertools.count(1)
+_refs = RefNumbers()
 UNAUTHORIZED = "unauthorized: is the secret right?"  # said once when the server refuses the token
 _json_encode = msgspec.json.Encoder().encode
 
@@ -177,7 +176,7 @@ class Connection:
                 what: str) -> tuple[dict[str, Any], float, int]:
         """Send a request with a fresh ``ref``; return its answer, when it was read (perf_counter)
         and its size."""
-        ref = f"r{next(_refs)}"
+        ref = _refs.fresh("r")
         frame = {**frame, "ref": ref}
         waiter = AsyncResult()
         self._waiters[ref] = waiter

@@ -2,8 +2,8 @@
 
 It speaks just enough of the protocol for the load users (hello/welcome,
 ``send`` relayed as ``message`` with the sender's ``ok``, ``open_chat``,
-``start_call``/``end_call``, ``ping``, ``leave``) over a hand-written
-WebSocket framing on asyncio, so that it costs far less per message than the
+``start_call``/``end_call``, ``ping``, ``leave``) over the project's lean
+WebSocket codec (``reference_server.wscodec``) on asyncio, so that it costs far less per message than the
 reference server. Knobs make it a deliberately bad server for the
 measurement-truth tests:
 
@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 import heapq
 import itertools
 import secrets
@@ -40,32 +38,24 @@ from typing import Any
 
 import msgspec
 
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+from reference_server.wscodec import (
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    OPCODE_BITS,
+    FrameParser,
+    parse_head,
+    server_frame,
+    text_frame,
+    upgrade_response,
+)
+
 MAX_HANDSHAKE_BYTES = 16384
 MAX_FRAME_BYTES = 65536
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
-
-
-def _frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """One unmasked server frame."""
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x80 | opcode, n))
-    elif n < 65536:
-        header = bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big")
-    else:
-        header = bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big")
-    return header + payload
-
-
-def _unmask(data: bytes, mask: bytes) -> bytes:
-    n = len(data)
-    if n == 0:
-        return b""
-    key = int.from_bytes((mask * (n // 4 + 1))[:n], "little")
-    return (int.from_bytes(data, "little") ^ key).to_bytes(n, "little")
 
 
 class _Delayer:
@@ -125,7 +115,8 @@ class _Conn(asyncio.Protocol):
     def __init__(self, server: SinkServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self.buffer = bytearray()  # the HTTP head, until the upgrade
+        self.parser = FrameParser(masked=True, max_payload=MAX_FRAME_BYTES)
         self.upgraded = False
         self.closed = False
         self.role: str | None = None
@@ -144,84 +135,60 @@ class _Conn(asyncio.Protocol):
         self._depart()
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
         if not self.upgraded:
+            self.buffer += data
             end = self.buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(self.buffer) > MAX_HANDSHAKE_BYTES:
                     self._abort()
                 return
-            request = bytes(self.buffer[:end]).decode("latin-1")
-            del self.buffer[: end + 4]
-            if not self._handshake(request):
+            head = bytes(self.buffer[:end])
+            data = bytes(self.buffer[end + 4:])
+            self.buffer.clear()
+            if not self._handshake(head):
                 return
-        self._read_frames()
+        self._read_frames(data)
 
-    def _handshake(self, request: str) -> bool:
-        lines = request.split("\r\n")
-        parts = lines[0].split(" ")
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
+    def _handshake(self, head: bytes) -> bool:
+        first, headers = parse_head(head)
+        parts = first.split(" ")
         key = headers.get("sec-websocket-key")
         if len(parts) < 2 or parts[1] != "/v1/ws" or key is None:
             self._write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             self._abort()
             return False
-        accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + WS_GUID).digest())
-        self._write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                    b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        self._write(upgrade_response(key))
         self.upgraded = True
         return True
 
-    def _read_frames(self) -> None:
-        buf = self.buffer
-        while not self.closed:
-            if len(buf) < 2:
+    def _read_frames(self, data: bytes) -> None:
+        parser = self.parser
+        for first, payload in parser.feed(data):
+            if self.closed:
                 return
-            b0, b1 = buf[0], buf[1]
-            opcode = b0 & 0x0F
-            length = b1 & 0x7F
-            offset = 2
-            if length == 126:
-                if len(buf) < 4:
-                    return
-                length = int.from_bytes(buf[2:4], "big")
-                offset = 4
-            elif length == 127:
-                if len(buf) < 10:
-                    return
-                length = int.from_bytes(buf[2:10], "big")
-                offset = 10
-            if length > MAX_FRAME_BYTES or not b1 & 0x80:
-                self._close(1009 if length > MAX_FRAME_BYTES else 1002)
-                return
-            if len(buf) < offset + 4 + length:
-                return
-            mask = bytes(buf[offset:offset + 4])
-            payload = _unmask(bytes(buf[offset + 4:offset + 4 + length]), mask)
-            del buf[:offset + 4 + length]
-            if opcode == 0x1:
+            opcode = first & OPCODE_BITS
+            if opcode == OP_TEXT:
                 self._on_text(payload)
-            elif opcode == 0x8:
+            elif opcode == OP_CLOSE:
                 self._close(1000)
-            elif opcode == 0x9:
-                self._write(_frame(payload, 0xA))
-            elif opcode != 0xA:
+            elif opcode == OP_PING:
+                self._write(server_frame(payload, OP_PONG))
+            elif opcode != OP_PONG:
                 self._close(1003)
+        if parser.error is not None:  # over MAX_FRAME_BYTES (1009), or not masked (1002)
+            self._close(parser.error.close_code)
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
     def send_frame(self, obj: dict[str, Any]) -> None:
-        self._write(_frame(_encode(obj)))
+        self._write(text_frame(_encode(obj)))
 
     def _close(self, code: int) -> None:
         if self.closed:
             return
-        self._write(_frame(code.to_bytes(2, "big"), 0x8))
+        self._write(server_frame(code.to_bytes(2, "big"), OP_CLOSE))
         self.closed = True
         self._depart()
         if self.transport is not None:
@@ -343,7 +310,7 @@ class _Conn(asyncio.Protocol):
         if "client_ts" in obj:
             message["client_ts"] = obj["client_ts"]
         if target is not None:
-            data = _frame(_encode(message))
+            data = text_frame(_encode(message))
             if settings.delay_s > 0:
                 self.server.delayer().call_at(now + settings.delay_s, target._write, data)
             else:

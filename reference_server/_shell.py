@@ -36,7 +36,8 @@ from ._gcpolicy import GcPolicy
 from ._limits import Limits
 from ._logging import get_logger
 from ._pages import serve_page_if_asked
-from ._wsconn import ServerWebSocket, ping_frame, text_frame
+from ._wsconn import ServerWebSocket
+from .wscodec import ping_frame, text_frame
 
 log = get_logger("queuechat.server")
 

@@ -64,29 +64,6 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     ("trio.SocketStream.socket", "_sock", "attr"),
 )
 
-# RFC 6455 5.2: FIN + opcode 1 (text), no mask bit, then the payload length.
-_TEXT_HEADERS = [bytes((0x81, n)) for n in range(126)]
-
-
-def text_frame(payload: bytes) -> bytes:
-    """One unmasked text frame around ``payload`` (UTF-8), as wsproto frames it.
-
-    Built by hand from the encoded JSON as it is (no bytes -> str -> bytes round trip):
-    server frames are unmasked and trio-websocket negotiates no extension.
-    """
-    n = len(payload)
-    if n < 126:
-        return _TEXT_HEADERS[n] + payload
-    if n < 65536:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
-
-
-def ping_frame(payload: bytes) -> bytes:
-    """An unmasked ping frame (opcode 9); ``payload`` at most 125 bytes."""
-    return bytes((0x89, len(payload))) + payload
-
-
 def send_nowait(stream: trio.abc.Stream, data: bytes) -> int:
     """Bytes a TCP stream's socket takes now (one non-blocking send); 0 leaves it all to send_all,
     which then waits, or raises an error the Trio way."""

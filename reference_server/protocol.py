@@ -20,10 +20,12 @@ from ._endpoint import EXPECTED_URL, Endpoint, EndpointError, UrlFault, check_ws
 from ._frames import *  # noqa: F403 -- the frame classes are this module's public surface
 from ._frames import __all__ as _frames_all
 from ._limits import LOAD_TEST_RATE_BURST, LOAD_TEST_RATE_PER_S, OPEN_CHAT_MAX_MESSAGES, Limits
+from ._requests import ANSWER_KINDS, RefNumbers, answers
 from ._tokens import DEVELOPMENT_SECRET, clinician_token, token_is_valid
 
 __all__ = [
     *_frames_all,
+    "ANSWER_KINDS",
     "DEVELOPMENT_SECRET",
     "EXPECTED_URL",
     "Endpoint",
@@ -33,7 +35,9 @@ __all__ = [
     "OPEN_CHAT_MAX_MESSAGES",
     "Limits",
     "ProtocolError",
+    "RefNumbers",
     "UrlFault",
+    "answers",
     "check_ws_url",
     "checked_ref",
     "clinician_token",

@@ -14,8 +14,14 @@ from ._run import RunResult, check_history, history_name, parse_url, run_in_proc
 from ._scenario import SCENARIO_DIR, Dist, Scenario, ScenarioError, parse_duration, resolve
 from ._scenario import load as load_scenario
 from ._scenario import parse as parse_scenario
+from ._transport import ABNORMAL_CLOSURE, ConnectionHandler, MemoryListener, OpenClient
 
 __all__ = [
+    # run_in_process(stack=...): another client stack, for comparison (benchmarks/_plain_client.py)
+    "ABNORMAL_CLOSURE",
+    "ConnectionHandler",
+    "MemoryListener",
+    "OpenClient",
     "Checker",
     "Dist",
     "HISTORY_FORMAT",

@@ -34,11 +34,12 @@ from reference_server.protocol import WS_PATH, clinician_token
 from ._history import HistoryWriter, frame_record
 from ._scenario import Dist, Scenario
 from ._transport import (
+    ClientConnection,
     ClientProtocol,
     FastClientProtocol,
     MemoryNetwork,
     MemoryTransport,
-    PlainClient,
+    OpenClient,
     TcpTransport,
 )
 
@@ -90,11 +91,14 @@ def seeded_patient_ids(seed: int, salt: str = "") -> Callable[[], str]:
 
 
 class Network:
-    """How a world opens connections: in memory (virtual time) or over TCP (real time)."""
+    """How a world opens connections: in memory (virtual time) or over TCP (real time).
+
+    ``open_client`` replaces the simulator's own client in memory by another stack (a benchmark's)."""
 
     def __init__(self, memory: MemoryNetwork | None = None, tcp: tuple[str, int] | None = None,
-                 nursery: trio.Nursery | None = None, target: str = WS_PATH, plain: bool = False) -> None:
-        self.plain = plain
+                 nursery: trio.Nursery | None = None, target: str = WS_PATH,
+                 open_client: OpenClient | None = None) -> None:
+        self.open_client = open_client
         self.memory = memory
         self.tcp = tcp
         self.nursery = nursery
@@ -102,12 +106,10 @@ class Network:
         self.failure: BaseException | None = None
         self.on_unreachable: Callable[[OSError], None] | None = None  # a TCP connect failed
 
-    def open(self, handler: Conn) -> ClientProtocol | PlainClient:
-        if self.plain:
+    def open(self, handler: Conn) -> ClientConnection:
+        if self.open_client is not None:
             assert self.memory is not None and self.nursery is not None
-            plain = PlainClient(handler, self.nursery, self.memory.listener)
-            plain.start_plain(self.target)
-            return plain
+            return self.open_client(handler, self.nursery, self.memory.listener, self.target)
         if self.memory is not None:
             protocol: ClientProtocol = FastClientProtocol(handler)
             transport_in_memory = self.memory.connect(protocol, self.target, owner=handler)

@@ -26,7 +26,7 @@ from ._agents import VIRTUAL_EPOCH_S, Conn, JumpingClock, Network, World, popula
 from ._checker import Checker, Summary, Violation
 from ._history import HistoryWriter, read_history
 from ._scenario import Scenario, pace
-from ._transport import MemoryNetwork
+from ._transport import MemoryNetwork, OpenClient
 
 # The secret of the in-process server: it never leaves the process.
 IN_PROCESS_SECRET = "queuechat-simulator-in-process"
@@ -122,15 +122,16 @@ def run_in_process(
     check: bool = True,
     progress: Callable[[float], None] | None = None,
     clock_kind: str = "jumping",
-    stack: str = "lean",
+    stack: OpenClient | None = None,
     jobs: int = 1,
 ) -> RunResult:
     """Run ``scenario`` against the reference server in this process, in virtual time.
 
     ``clock_kind`` is ``"jumping"`` (:class:`JumpingClock`, the default) or ``"mock"``
     (``trio.testing.MockClock(autojump_threshold=0)``): the same virtual time, the same history.
-    ``stack`` is ``"lean"`` (the simulator's own client framing, pushed bytes, no task per connection)
-    or ``"plain"`` (trio-websocket's client over ``trio.testing.memory_stream_pair``, for comparison).
+    ``stack`` is None for the simulator's own client (the project's codec, pushed bytes, no task per
+    connection), or opens another client stack's connections, for comparison
+    (``benchmarks/_plain_client.py``: trio-websocket's client over ``trio.testing.memory_stream_pair``).
     ``jobs`` > 1 splits the rooms among that many processes, each with its own reference server, and
     merges their histories. It is a speed setting only: a room's randomness, its patients' ids and its
     causes' instants depend on the seed and the room alone, so the history is byte for byte the same for
@@ -159,7 +160,7 @@ def run_in_process(
 
 
 def _simulate(scenario: Scenario, writer: HistoryWriter, rooms: list[str], *, model_class: type[Any] | None,
-              progress: Callable[[float], None] | None, clock_kind: str, stack: str,
+              progress: Callable[[float], None] | None, clock_kind: str, stack: OpenClient | None,
               shard: set[str] | None, exact_times: bool = False) -> tuple[float, World]:
     """One Trio run: the reference server and the agents of ``shard`` (all rooms when None).
 
@@ -198,7 +199,7 @@ def _simulate(scenario: Scenario, writer: HistoryWriter, rooms: list[str], *, mo
 
         memory.on_failure = failed
         async with trio.open_nursery() as nursery:
-            network = Network(memory=memory, nursery=nursery, plain=stack == "plain")
+            network = Network(memory=memory, nursery=nursery, open_client=stack)
             world = World(scenario, network, writer, secret=IN_PROCESS_SECRET, rooms=rooms,
                           epoch_s=VIRTUAL_EPOCH_S, virtual=True, clock=clock.current_time, shard=shard)
             worlds.append(world)
@@ -248,7 +249,7 @@ def _shard_init(shared: Any) -> None:
 
 
 def _shard(scenario: Scenario, rooms: list[str], header: dict[str, Any], part: str, shard: int, jobs: int,
-           clock_kind: str, stack: str,
+           clock_kind: str, stack: OpenClient | None,
            model_class: type[Any] | None) -> tuple[float, tuple[str, str] | None]:
     """A worker process: the rooms ``rooms[shard::jobs]``, their history written to ``part`` (with the whole
     run's header: the same heal and end times). The parent merges the parts and checks the whole."""
@@ -272,7 +273,7 @@ def _shard(scenario: Scenario, rooms: list[str], header: dict[str, Any], part: s
 
 def _run_sharded(scenario: Scenario, history_path: Path | None, header: dict[str, Any], rooms: list[str], *,
                  jobs: int, check: bool, progress: Callable[[float], None] | None, clock_kind: str,
-                 stack: str, model_class: type[Any] | None) -> RunResult:
+                 stack: OpenClient | None, model_class: type[Any] | None) -> RunResult:
     import concurrent.futures
     import heapq
     import multiprocessing

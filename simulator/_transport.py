@@ -20,9 +20,7 @@ Nothing here knows the protocol's rules; frames are JSON objects.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import math
 import random
 from collections.abc import Callable
@@ -42,6 +40,10 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from reference_server import wscodec
+from reference_server.wscodec import FrameParser
+from reference_server.wscodec import client_frame as _client_frame
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
@@ -66,6 +68,21 @@ class Transport(Protocol):
     def write(self, data: bytes) -> None: ...
 
     def drop(self) -> None: ...
+
+
+class ClientConnection(Protocol):
+    """What an agent's connection drives: :class:`ClientProtocol`, or a benchmark's comparison client."""
+
+    def send(self, frame: dict[str, Any]) -> int: ...
+
+    def close(self, code: int = 1000) -> None: ...
+
+    def drop(self) -> None: ...
+
+
+# Opens a connection over the in-memory network with another client stack than the simulator's own
+# (``benchmarks/_plain_client.py``, for comparison): (handler, nursery, the server's listener, target).
+OpenClient = Callable[[ConnectionHandler, trio.Nursery, "MemoryListener", str], ClientConnection]
 
 
 class ClientProtocol:
@@ -183,20 +200,22 @@ class ClientProtocol:
 
 
 class FastClientProtocol(ClientProtocol):
-    """The same client, with a lean RFC 6455 client codec instead of wsproto's.
+    """The same client, with the project's lean RFC 6455 codec (``reference_server.wscodec``) instead of
+    wsproto's.
 
-    Used over in-memory connections, where wsproto's general-purpose parser
-    was a large share of a simulation's time. It speaks the same framing:
-    the HTTP upgrade (the accept key is checked), masked client frames, text
-    and continuation frames, ping/pong and the close handshake. The server
-    side is untouched: trio-websocket and wsproto parse every byte it sends.
+    Used over in-memory connections, where wsproto's general-purpose parser was a large share of a
+    simulation's time. It speaks the same framing: the HTTP upgrade (the accept key is checked), masked
+    client frames, text and continuation frames, ping/pong and the close handshake. The server side is
+    untouched: trio-websocket and wsproto parse every byte it sends.
     """
 
-    __slots__ = ("_buffer", "_close_sent", "_handshaking", "_key", "_mask_rng")
+    __slots__ = ("_close_sent", "_fragments", "_handshaking", "_head", "_key", "_mask_rng", "_parser")
 
     def __init__(self, handler: ConnectionHandler) -> None:
         super().__init__(handler)
-        self._buffer = bytearray()
+        self._fragments: list[bytes] = []  # a text message's fragments until its last
+        self._head = b""
+        self._parser = FrameParser(masked=False)
         self._handshaking = True
         self._key = b""
         self._close_sent = False
@@ -204,41 +223,25 @@ class FastClientProtocol(ClientProtocol):
 
     def start(self, transport: Transport, host: str, target: str) -> None:
         self._transport = transport
-        self._key = base64.b64encode(self._mask_rng.getrandbits(128).to_bytes(16, "big"))
-        transport.write(
-            b"GET " + target.encode("ascii") + b" HTTP/1.1\r\nHost: " + host.encode("ascii")
-            + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + self._key
-            + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
+        self._key = wscodec.new_key(self._mask_rng.getrandbits(128).to_bytes(16, "big"))
+        transport.write(wscodec.upgrade_request(host, target, self._key))
 
     def send(self, frame: dict[str, Any]) -> int:
         if not self.open or self._closed or self._close_sent:
             return 0
         payload = _encode(frame)
         assert self._transport is not None
-        self._transport.write(self._frame(0x81, payload))
+        self._transport.write(self._frame(0x1, payload))
         return len(payload)
 
-    def _frame(self, first: int, payload: bytes) -> bytes:
-        n = len(payload)
-        key = self._mask_rng.getrandbits(32).to_bytes(4, "big")
-        if n < 126:
-            header = bytes((first, 0x80 | n))
-        elif n < 65536:
-            header = bytes((first, 0x80 | 126)) + n.to_bytes(2, "big")
-        else:
-            header = bytes((first, 0x80 | 127)) + n.to_bytes(8, "big")
-        if n:
-            mask = (key * ((n >> 2) + 1))[:n]
-            masked = int.from_bytes(payload, "little") ^ int.from_bytes(mask, "little")
-            payload = masked.to_bytes(n, "little")
-        return header + key + payload
+    def _frame(self, opcode: int, payload: bytes) -> bytes:
+        return _client_frame(payload, opcode, True, self._mask_rng.getrandbits(32).to_bytes(4, "big"))
 
     def close(self, code: int = 1000) -> None:
         if self.open and not self._closed and not self._close_sent:
             self._close_sent = True
             assert self._transport is not None
-            self._transport.write(self._frame(0x88, code.to_bytes(2, "big")))
+            self._transport.write(self._frame(wscodec.OP_CLOSE, code.to_bytes(2, "big")))
 
     def receive_data(self, data: bytes | None) -> None:
         if self._closed:
@@ -246,59 +249,33 @@ class FastClientProtocol(ClientProtocol):
         if data is None:
             self._finish(ABNORMAL_CLOSURE, "server")
             return
-        buffer = self._buffer
-        buffer += data
         if self._handshaking:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
+            split = wscodec.split_head(self._head + data)
+            if split is None:
+                self._head += data
                 return
-            head = bytes(buffer[:end]).decode("latin-1")
-            del buffer[: end + 4]
+            head, data = split
             self._handshaking = False
-            expected = base64.b64encode(hashlib.sha1(self._key + _WS_GUID).digest()).decode("ascii")
-            lines = head.split("\r\n")
-            fields = (line.partition(":") for line in lines[1:])
-            headers = {k.strip().lower(): v.strip() for k, _, v in fields}
-            if not lines[0].startswith("HTTP/1.1 101") or headers.get("sec-websocket-accept") != expected:
+            self._head = b""
+            if not wscodec.is_accepted(head, self._key):
                 self._finish(ABNORMAL_CLOSURE, "rejected")
                 return
             self.open = True
             self._handler.on_open()
         handler = self._handler
-        while not self._closed:
-            size = len(buffer)
-            if size < 2:
+        for first, payload in self._parser.feed(data):
+            if self._closed:
                 return
-            first, second = buffer[0], buffer[1]
-            length = second & 0x7F
-            start = 2
-            if length == 126:
-                if size < 4:
-                    return
-                length = int.from_bytes(buffer[2:4], "big")
-                start = 4
-            elif length == 127:
-                if size < 10:
-                    return
-                length = int.from_bytes(buffer[2:10], "big")
-                start = 10
-            if second & 0x80:  # a server must not mask
-                self._finish(ABNORMAL_CLOSURE, "protocol_error")
-                return
-            end = start + length
-            if size < end:
-                return
-            payload = bytes(buffer[start:end])
-            del buffer[:end]
             opcode = first & 0x0F
             if opcode == 0x1 or opcode == 0x0:
                 if not first & 0x80:
-                    self._parts.append(payload.decode("utf-8"))
+                    self._fragments.append(payload)
                     continue
                 text = payload
-                if self._parts:
-                    text = ("".join(self._parts) + payload.decode("utf-8")).encode("utf-8")
-                    self._parts.clear()
+                if self._fragments:
+                    self._fragments.append(payload)
+                    text = b"".join(self._fragments)
+                    self._fragments.clear()
                 try:
                     frame = _decode(text)
                 except msgspec.DecodeError:
@@ -309,20 +286,21 @@ class FastClientProtocol(ClientProtocol):
             elif opcode == 0x9:
                 assert self._transport is not None
                 if not self._close_sent:
-                    self._transport.write(self._frame(0x8A, payload))
+                    self._transport.write(self._frame(wscodec.OP_PONG, payload))
             elif opcode == 0x8:
-                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                code = wscodec.close_code(payload)
                 if not self._close_sent:
                     self._close_sent = True
                     assert self._transport is not None
-                    self._transport.write(self._frame(0x88, payload[:2]))
+                    self._transport.write(self._frame(wscodec.OP_CLOSE, payload[:2]))
                 self._finish(code, "server")
                 return
             elif opcode == 0x2:
                 handler.on_frame({"type": None, "binary": True}, len(payload))
+        if self._parser.error is not None and not self._closed:  # a server must not mask
+            self._finish(ABNORMAL_CLOSURE, "protocol_error")
 
 
-_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # Mask keys and handshake keys: unpredictable is all RFC 6455 asks; they never reach the history.
 _mask_random = random.Random()
 
@@ -662,98 +640,3 @@ class TcpTransport:
                 return
             else:
                 await self._writable.park()
-
-
-# --------------------------------------------------------------------------- the straightforward stack
-
-
-class PlainClient:
-    """For comparison only (``benchmarks/simulate_throughput.py --stack plain``): the straightforward
-    stack, trio-websocket's own client over ``trio.testing.memory_stream_pair``, with a reader task
-    and a writer task per connection. Same interface as :class:`ClientProtocol`; no stall faults.
-    """
-
-    def __init__(self, handler: ConnectionHandler, nursery: trio.Nursery, listener: MemoryListener) -> None:
-        self._handler = handler
-        self._nursery = nursery
-        self._listener = listener
-        self._outgoing: list[str | int] = []  # texts to send; an int is a close code
-        self._writable = trio.lowlevel.ParkingLot()
-        self._scope = trio.CancelScope()
-        self._dropped = False
-        self.open = False
-        self.closed = False
-
-    def start_plain(self, target: str) -> None:
-        self._nursery.start_soon(self._run, target)
-
-    def send(self, frame: dict[str, Any]) -> int:
-        if not self.open or self.closed:
-            return 0
-        text = _encode(frame).decode("utf-8")
-        self._outgoing.append(text)
-        self._writable.unpark_all()
-        return len(text.encode("utf-8"))
-
-    def close(self, code: int = 1000) -> None:
-        if self.open and not self.closed:
-            self._outgoing.append(code)
-            self._writable.unpark_all()
-
-    def drop(self) -> None:
-        self._dropped = True
-        self._scope.cancel()
-        self._finish(ABNORMAL_CLOSURE, "client")
-
-    def _finish(self, code: int, by: str) -> None:
-        if not self.closed:
-            self.closed = True
-            self.open = False
-            self._handler.on_close(code, by)
-
-    async def _run(self, target: str) -> None:
-        from trio_websocket import ConnectionClosed, wrap_client_stream
-
-        client, server = trio.testing.memory_stream_pair()
-        self._listener.connect(server)
-        code, by = ABNORMAL_CLOSURE, "server"
-        with self._scope:
-            try:
-                async with trio.open_nursery() as nursery:
-                    ws = await wrap_client_stream(nursery, client, "simulator.invalid", target)  # type: ignore[arg-type]
-                    self.open = True
-                    self._handler.on_open()
-                    nursery.start_soon(self._writer, ws)
-                    while True:
-                        try:
-                            text = await ws.get_message()
-                        except ConnectionClosed as closed:
-                            reason = closed.reason
-                            code = reason.code if reason is not None else ABNORMAL_CLOSURE
-                            break
-                        frame = _decode(text)
-                        self._handler.on_frame(frame, len(text) if isinstance(text, bytes) else
-                                               len(text.encode("utf-8")))
-                    nursery.cancel_scope.cancel()
-            except Exception:
-                code = ABNORMAL_CLOSURE
-        if self._dropped:
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(client)
-            return
-        self._finish(int(code), by)
-
-    async def _writer(self, ws: Any) -> None:
-        from trio_websocket import ConnectionClosed
-
-        while True:
-            while self._outgoing:
-                item = self._outgoing.pop(0)
-                try:
-                    if isinstance(item, int):
-                        await ws.aclose(item)
-                        return
-                    await ws.send_message(item)
-                except ConnectionClosed:
-                    return
-            await self._writable.park()

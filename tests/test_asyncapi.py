@@ -10,18 +10,12 @@ from __future__ import annotations
 import copy
 import json
 import re
-import sys
 import typing
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import msgspec
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import asyncapi_schema as spec
 
 from reference_server import _codec, _frames
 from reference_server._codec import ProtocolError
@@ -35,6 +29,7 @@ from reference_server._frames import (
 )
 from reference_server._limits import OPEN_CHAT_MAX_MESSAGES, Limits
 from reference_server._tokens import DEVELOPMENT_SECRET, clinician_token
+from tests import asyncapi_schema as spec
 
 PROTOCOL_MD = spec.ROOT / "docs" / "protocol.md"
 

@@ -11,10 +11,10 @@ import tomllib
 from collections import Counter
 from pathlib import Path
 
-from support.scenarios import slow_readers
 from test_checker_verdicts import Script
 
 from simulator import Checker, parse_scenario, run_in_process
+from tests.support.scenarios import slow_readers
 
 
 def rules(checker: Checker) -> Counter[str]:

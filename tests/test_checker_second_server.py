@@ -63,10 +63,9 @@ def simulate(scenario_name: str, minutes: float, speed: float, break_rule: str |
              folder: str) -> tuple[str, dict[str, int]]:
     """One second server and one simulation against it (in a worker process): the outcome and the
     violations by rule."""
-    from support.processes import second_server
-
     from reference_server._logging import configure_logging
     from simulator import load_scenario, run_over_sockets
+    from tests.support.processes import second_server
 
     configure_logging("error")
     scenario = load_scenario(scenario_name).with_duration(minutes * 60.0)

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 import trio
-from support.processes import open_second_server
 
 from conformance import SuiteResult, Verdict, all_cases, run_suite
+from tests.support.processes import open_second_server
 
 SECRET = "conformance-second-server-secret"
 # Small capacities and short timers so that every case runs in a few seconds. ping_timeout_s leaves

@@ -495,9 +495,9 @@ def test_the_console_depends_on_the_contract_only_against_the_second_server(brow
     """The same pages against tests/support's second server, which takes every freedom the other way
     (no ref on welcome, ids of another shape, fragmented frames, extra frames): the article's rules
     still show. The browser answers the page requests itself, as the reference server would."""
-    from support import DEV_SECRET
-    from support import clinician_token as token_of
-    from support.processes import second_server
+    from tests.support import DEV_SECRET
+    from tests.support import clinician_token as token_of
+    from tests.support.processes import second_server
 
     with second_server() as ws_url:
         origin = ws_url.removesuffix("/v1/ws").replace("ws://", "http://")

@@ -16,7 +16,6 @@ import hmac
 import itertools
 import json
 import secrets
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from _hardening_testkit import serving, token
-from _hardening_ws import TrioClient
-
 from reference_server import _tokens
 from reference_server.domain import Close, QueueChatModel, Send
 from reference_server.protocol import Limits, clinician_token, encode_bytes, token_is_valid
 from reference_server.server import new_patient_id
+from tests.support.hardening import serving, token
+from tests.support.rawws import TrioClient
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 10.0

@@ -15,17 +15,15 @@ asserted here.
 from __future__ import annotations
 
 import resource
-import sys
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from _hardening_testkit import (
+from reference_server.protocol import Limits
+from reference_server.wscodec import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, client_frame, cut_frame
+from tests.support.hardening import (
     ControlPair,
     live_counts,
     quiet_counts,
@@ -34,18 +32,7 @@ from _hardening_testkit import (
     token,
     wait_count,
 )
-from _hardening_ws import (
-    OP_CLOSE,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    FrameReader,
-    TrioClient,
-    client_frame,
-    json_frame,
-)
-
-from reference_server.protocol import Limits
+from tests.support.rawws import MessageReader, TrioClient, json_frame
 
 WAIT_S = 10.0
 NO_RATE = {"rate_per_s": None, "rate_burst": None}
@@ -200,7 +187,7 @@ async def test_R45_a_client_that_drops_mid_frame_departs_and_nothing_is_left(cut
             if cut == "header":
                 await victim.send_bytes(frame[:1])
             elif cut == "payload":
-                await victim.send_bytes(frame[: len(frame) // 2])
+                await victim.send_bytes(cut_frame(frame))
             else:
                 await victim.send_bytes(client_frame(b'{"type":"send",', OP_TEXT, fin=False))
             assert live_counts(server)["connections"] == baseline["connections"] + 2  # the positive control
@@ -423,7 +410,7 @@ async def test_a_ping_after_the_servers_close_frame_does_not_end_the_server(afte
             await client.send_json({"type": "leave"})
         else:
             await client.send_json({"type": "not-a-hello"})
-        reader, frames = FrameReader(), []
+        reader, frames = MessageReader(), []
         with trio.fail_after(WAIT_S):
             while not any(f.opcode == OP_CLOSE for f in frames):  # read the close, do not answer it
                 frames += reader.feed(await client.stream.receive_some(65536))
@@ -440,7 +427,7 @@ async def test_R45_with_ping_timeout_off_a_silent_peer_has_one_ping_in_flight_no
     async with serving(limits) as (url, server):
         baseline = await quiet_counts(server)
         silent = await patient(url, "no-timeout", answer_pings=False)
-        reader = FrameReader()
+        reader = MessageReader()
 
         async def pings_received() -> list[bytes]:
             await trio.sleep(0.5)  # 25 intervals: the input here is time passing

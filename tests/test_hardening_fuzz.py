@@ -23,15 +23,24 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from reference_server.domain import Close, QueueChatModel, Send
+from reference_server.protocol import ERROR_CODES, Limits, clinician_token, encode_bytes
+from reference_server.wscodec import (
+    OP_BINARY,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_TEXT,
+    bad_opcode_frame,
+    client_frame,
+    long_control_frame,
+    reserved_bits_frame,
+    unmasked_client_frame,
+)
+from tests.support.fuzzgen import expected_ref
+from tests.support.hardening import serving, token
+from tests.support.rawws import TrioClient
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from _hardening_fuzzgen import expected_ref  # noqa: E402
-from _hardening_testkit import serving, token  # noqa: E402
-from _hardening_ws import OP_BINARY, OP_CONTINUATION, OP_PING, OP_TEXT, TrioClient, client_frame  # noqa: E402
-
-from reference_server.domain import Close, QueueChatModel, Send  # noqa: E402
-from reference_server.protocol import ERROR_CODES, Limits, clinician_token, encode_bytes  # noqa: E402
 
 WAIT_S = 10.0
 
@@ -361,10 +370,10 @@ async def test_transport_broken_frames_close_with_1002_and_oversized_with_1009_e
     """Regression: the close frame was lost (the client saw only a reset) when the server
     failed a connection with input still unread, or while its own close frame waited."""
     async with serving(Limits()) as (url, _server):
-        for wire, expected in [(client_frame(b'{"type":"ping"}', rsv=4), 1002),
-                               (client_frame(b'{"type":"ping"}', 0x3), 1002),
-                               (client_frame(b'{"type":"ping"}', masked=False), 1002),
-                               (client_frame(b"x" * 200, OP_PING), 1002),
+        for wire, expected in [(reserved_bits_frame(b'{"type":"ping"}', rsv=4), 1002),
+                               (bad_opcode_frame(b'{"type":"ping"}', 0x3), 1002),
+                               (unmasked_client_frame(b'{"type":"ping"}'), 1002),
+                               (long_control_frame(200), 1002),
                                (client_frame(b'{"type":"send","text":"' + b"x" * 70_000 + b'"}'), 1009),
                                (client_frame("é".encode() * 40_000), 1009)]:  # 40k chars, 80 kB
             for pipelined in (0, 50):
@@ -384,9 +393,9 @@ async def test_transport_broken_frames_close_with_1002_and_oversized_with_1009_e
 def test_fuzz_benchmark_short_run_has_no_crash_no_hang_and_a_clean_round_trip(tmp_path: Path) -> None:
     out = tmp_path / "fuzz.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "fuzz.py"), "--frames", "20000", "--seed", "2024",
+        [sys.executable, "-m", "benchmarks.fuzz", "--frames", "20000", "--seed", "2024",
          "--quiet", "--json", str(out)],
-        capture_output=True, timeout=300, check=False,
+        capture_output=True, timeout=300, check=False, cwd=ROOT,
     )
     figures = json.loads(out.read_text())
     assert figures["frames_sent"] >= 20000

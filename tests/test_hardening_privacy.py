@@ -1,6 +1,6 @@
 """Privacy audit (R11-R13): after each erasure trigger, nothing of the text or the name is left.
 
-The server runs in a process of its own (``benchmarks/_hardening_server.py``), started
+The server runs in a process of its own (``tests/support/server_runner.py``), started
 in a fresh working directory with its log at debug level captured to a file. The test
 holds the markers: unique texts and names (``QCMK`` + 24 hex digits). It passes the
 server only their SHA-256 hashes; the server walks every object reachable from the
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,12 +25,9 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from _hardening_proc import ServerProcess
-from _hardening_ws import SyncClient
-
 from reference_server.protocol import DEVELOPMENT_SECRET, clinician_token
+from tests.support.rawws import SyncClient
+from tests.support.server_process import ServerProcess
 
 PREFIX = "QCMK"
 

@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_soak_short_run_holds_its_level_and_leaves_nothing_behind(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--minutes", "0.2", "--sample-s", "3",
+        [sys.executable, "-m", "benchmarks.soak", "--minutes", "0.2", "--sample-s", "3",
          "--rooms", "6", "--patients", "8", "--rate", "150", "--json", str(out)],
-        capture_output=True, timeout=180, check=False,
+        capture_output=True, timeout=180, check=False, cwd=ROOT,
     )
     result = json.loads(out.read_text())
     assert done.returncode == 0, done.stderr[-2000:]

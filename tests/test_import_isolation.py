@@ -40,6 +40,7 @@ def modules_after_import(module: str) -> set[str]:
     "reference_server",
     "reference_server.protocol",
     "reference_server.domain",
+    "reference_server.wscodec",  # the WebSocket codec: the sink (asyncio) and the load tests use it
     "queuechat",
     "queuechat.cli",
 ])

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type information
-from support.processes import second_server
 
 from loadtests._hdr import LATENCY_ENTRIES, MESSAGE_ENTRIES
 from queuechat.children import die_with_parent
 from reports import write_load_report
 from tests.reports_html import read_page
+from tests.support.processes import second_server
 from tests.test_loadtests_runs import LOCUSTFILE, RUN_TIMEOUT_S, Run, _free_port, queuechat_load
 
 # Request limits raised for load, as `queuechat load` does for the reference server.

@@ -36,6 +36,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from reference_server.protocol import EVENT_ORDER, Limits, redact
+from reference_server.wscodec import client_frame
 
 Frame = dict[str, Any]
 SHORT_WAIT_S = 5.0  # for frames that arrive within milliseconds on loopback (generous: CI may be loaded)
@@ -262,16 +263,7 @@ class RawClient:
 
     async def send_raw_frame(self, opcode: int, payload: bytes) -> None:
         """A final, masked frame with any payload, valid or not."""
-        mask = b"\x17\x2a\x5c\x03"
-        length = len(payload)
-        if length < 126:
-            header = bytes([0x80 | opcode, 0x80 | length])
-        elif length < 65536:
-            header = bytes([0x80 | opcode, 0x80 | 126]) + length.to_bytes(2, "big")
-        else:
-            header = bytes([0x80 | opcode, 0x80 | 127]) + length.to_bytes(8, "big")
-        masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
-        await self.stream.send_all(header + mask + masked)
+        await self.stream.send_all(client_frame(payload, opcode))
 
     async def read_until_close(self, limit_s: float = SHORT_WAIT_S) -> int | None:
         """Read (and keep) text frames until the server's close frame or the end of the stream."""

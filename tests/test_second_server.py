@@ -8,13 +8,11 @@ they say, so that the tools run against it can be judged. Waits are bounded; abs
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -25,10 +23,18 @@ from typing import Any
 import pytest
 import trio
 import trio_websocket
-from support import DEV_SECRET, clinician_token
-from support.processes import SecondServerError, open_second_server, second_server, second_server_process
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.sync.client import ClientConnection, connect
+
+from reference_server import wscodec
+from reference_server.wscodec import FrameParser, new_key, split_head, upgrade_request
+from tests.support import DEV_SECRET, clinician_token
+from tests.support.processes import (
+    SecondServerError,
+    open_second_server,
+    second_server,
+    second_server_process,
+)
 
 Frame = dict[str, Any]
 SCRIPT = Path(__file__).parent / "support" / "second_server.py"
@@ -114,18 +120,17 @@ class RawClient:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         self.sock.settimeout(5)
         self.sock.connect((host, int(port)))
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(
-            f"GET /v1/ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        self.buffer = b""
+        self.sock.sendall(upgrade_request(host, "/v1/ws", new_key()))
+        self.parser = FrameParser(masked=False)
+        self.frames: list[wscodec.Frame] = []
         self.pings = 0
         _open.append(self)
-        while b"\r\n\r\n" not in self.buffer:
-            self.buffer += self._read()
-        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        received = b""
+        while (split := split_head(received)) is None:
+            received += self._read()
+        head, rest = split
         assert head.startswith(b"HTTP/1.1 101"), head[:40]
+        self.frames += self.parser.feed(rest)
 
     def _read(self) -> bytes:
         chunk = self.sock.recv(65536)
@@ -133,43 +138,25 @@ class RawClient:
             raise EOFError("connection closed")
         return chunk
 
-    def _take(self, n: int) -> bytes:
-        while len(self.buffer) < n:
-            self.buffer += self._read()
-        data, self.buffer = self.buffer[:n], self.buffer[n:]
-        return data
-
     def frame(self) -> tuple[int, bool, bytes]:
         """The next wire frame: (opcode, fin, payload)."""
-        b0, b1 = self._take(2)
-        length = b1 & 0x7F
-        if length == 126:
-            (length,) = struct.unpack("!H", self._take(2))
-        elif length == 127:
-            (length,) = struct.unpack("!Q", self._take(8))
-        return b0 & 0x0F, bool(b0 & 0x80), self._take(length)
+        while not self.frames:
+            self.frames += self.parser.feed(self._read())
+        first, payload = self.frames.pop(0)
+        return first & wscodec.OPCODE_BITS, bool(first & wscodec.FIN), payload
 
     def send(self, frame: Frame) -> None:
         self.send_raw(json.dumps(frame).encode())
 
     def send_raw(self, payload: bytes) -> None:
         """One masked text frame carrying these bytes (valid UTF-8 or not)."""
-        mask = os.urandom(4)
-        n = len(payload)
-        if n < 126:
-            header = bytes([0x81, 0x80 | n])
-        elif n < 65536:
-            header = bytes([0x81, 0xFE]) + struct.pack("!H", n)
-        else:
-            header = bytes([0x81, 0xFF]) + struct.pack("!Q", n)
-        masked = (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (n // 4 + 1))[:n], "big"))
-        self.sock.sendall(header + mask + masked.to_bytes(n, "big"))
+        self.sock.sendall(wscodec.client_frame(payload))
 
     def close_code(self) -> int:
         """Read until the close frame; its code."""
         while True:
             opcode, _, payload = self.frame()
-            if opcode == 0x8:
+            if opcode == wscodec.OP_CLOSE:
                 return int.from_bytes(payload[:2], "big")
 
     def message(self) -> tuple[Frame, int]:
@@ -177,10 +164,10 @@ class RawClient:
         parts: list[bytes] = []
         while True:
             opcode, fin, payload = self.frame()
-            self.pings += opcode == 0x9
-            if opcode == 0x8:
+            self.pings += opcode == wscodec.OP_PING
+            if opcode == wscodec.OP_CLOSE:
                 raise EOFError(f"close frame {payload[:2].hex()}")
-            if opcode in (0x1, 0x0):
+            if opcode in (wscodec.OP_TEXT, wscodec.OP_CONTINUATION):
                 parts.append(payload)
                 if fin:
                     return json.loads(b"".join(parts)), len(parts)

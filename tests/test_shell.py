@@ -9,11 +9,8 @@ client answers pings and closes by itself.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import io
 import json
-import os
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -32,11 +29,26 @@ from wire import LiveServer, WireClient, frame_types
 from reference_server._logging import configure_logging
 from reference_server.protocol import WS_PATH, Limits
 from reference_server.server import QueueChatServer, ServerStatistics
+from reference_server.wscodec import (
+    OP_CLOSE,
+    OP_PING,
+    OP_TEXT,
+    OPCODE_BITS,
+    Frame,
+    FrameParser,
+    accept_key,
+    client_frame,
+    close_code,
+    close_payload,
+    new_key,
+    parse_head,
+    response_status,
+    split_head,
+    upgrade_request,
+)
 
 WAIT_S = 5.0
 LogLines = Callable[[], list[dict[str, Any]]]
-OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x8, 0x9, 0xA
-_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -50,7 +62,9 @@ class RawClient:
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
-        self.buffer = bytearray()
+        self.buffer = bytearray()  # bytes received and not yet parsed
+        self.parser = FrameParser(masked=False)
+        self.frames: list[Frame] = []  # parsed, not yet taken
 
     @classmethod
     @asynccontextmanager
@@ -77,65 +91,40 @@ class RawClient:
         self.buffer += data
         return bool(data)
 
-    async def _read_exactly(self, n: int) -> bytes:
-        while len(self.buffer) < n:
-            if not await self._fill():
-                raise EOFError("the server closed the TCP connection")
-        data = bytes(self.buffer[:n])
-        del self.buffer[:n]
-        return data
 
-    async def http_get(self, url: str, path: str) -> tuple[int, dict[str, str], str]:
+    async def http_get(self, url: str, path: str) -> tuple[int, dict[str, str], bytes]:
         """Send a WebSocket upgrade request for ``path``; return (status, headers, the key sent)."""
-        key = base64.b64encode(os.urandom(16)).decode("ascii")
-        request = (
-            f"GET {path} HTTP/1.1\r\nHost: {urlsplit(url).netloc}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        await self.stream.send_all(request.encode("ascii"))
-        while b"\r\n\r\n" not in self.buffer:
+        key = new_key()
+        await self.stream.send_all(upgrade_request(urlsplit(url).netloc, path, key))
+        while (split := split_head(self.buffer)) is None:
             if not await self._fill():
                 raise EOFError("the server closed the TCP connection during the HTTP exchange")
-        head, _, rest = bytes(self.buffer).partition(b"\r\n\r\n")
+        head, rest = split
         self.buffer = bytearray(rest)
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in header_lines:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return int(status_line.split()[1]), headers, key
+        status_line, headers = parse_head(head)
+        return response_status(status_line), headers, key
 
     async def handshake(self, url: str) -> None:
         status, headers, key = await self.http_get(url, WS_PATH)
         assert status == 101, f"upgrade refused with HTTP {status}"
-        accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + _WS_GUID).digest()).decode("ascii")
-        assert headers.get("sec-websocket-accept") == accept
+        assert headers.get("sec-websocket-accept") == accept_key(key).decode("ascii")
 
     async def send_frame(self, opcode: int, payload: bytes) -> None:
-        mask = os.urandom(4)
-        n = len(payload)
-        if n < 126:
-            header = bytes([0x80 | opcode, 0x80 | n])
-        elif n < 65536:
-            header = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
-        else:
-            header = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        await self.stream.send_all(header + mask + masked)
+        await self.stream.send_all(client_frame(payload, opcode))
 
     async def send_json(self, frame: dict[str, Any]) -> None:
         await self.send_frame(OP_TEXT, json.dumps(frame).encode("utf-8"))
 
     async def recv_frame(self) -> tuple[int, bytes]:
         """One whole frame from the server (unfragmented, as this server sends them)."""
-        first, second = await self._read_exactly(2)
-        assert not second & 0x80, "a server frame must not be masked"
-        n = second & 0x7F
-        if n == 126:
-            n = int.from_bytes(await self._read_exactly(2), "big")
-        elif n == 127:
-            n = int.from_bytes(await self._read_exactly(8), "big")
-        return first & 0x0F, await self._read_exactly(n)
+        while not self.frames:
+            if not self.buffer and not await self._fill():
+                raise EOFError("the server closed the TCP connection")
+            self.frames += self.parser.feed(bytes(self.buffer))
+            self.buffer.clear()
+            assert self.parser.error is None, "a server frame must not be masked"
+        first, payload = self.frames.pop(0)
+        return first & OPCODE_BITS, payload
 
     async def recv_until_close(self) -> tuple[int, list[int]]:
         """Read frames until a close frame; return its code and the opcodes before it. Never answers."""
@@ -143,15 +132,16 @@ class RawClient:
         while True:
             opcode, payload = await self.recv_frame()
             if opcode == OP_CLOSE:
-                return int.from_bytes(payload[:2], "big"), opcodes
+                return close_code(payload), opcodes
             opcodes.append(opcode)
 
     async def answer_close(self, code: int) -> None:
-        await self.send_frame(OP_CLOSE, code.to_bytes(2, "big"))
+        await self.send_frame(OP_CLOSE, close_payload(code))
 
     async def wait_eof(self) -> None:
         """Discard whatever arrives until the server has closed the TCP connection."""
         self.buffer.clear()
+        self.frames.clear()
         while True:
             try:
                 data = await self.stream.receive_some(65536)

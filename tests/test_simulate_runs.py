@@ -23,8 +23,6 @@ from typing import Any
 
 import pytest
 import structlog
-from support.processes import second_server
-from support.scenarios import slow_readers
 
 from reference_server._domain import Send
 from reference_server._frames import Unread
@@ -40,6 +38,8 @@ from simulator import (
     run_over_sockets,
 )
 from simulator._scenario import pace
+from tests.support.processes import second_server
+from tests.support.scenarios import slow_readers
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUECHAT = [sys.executable, "-m", "queuechat"]

@@ -30,11 +30,11 @@ from typing import Any, TypeVar
 
 import pytest
 import structlog
-from support.processes import second_server
 
 from reference_server._logging import configure_logging
 from simulator import RunResult, Scenario, load_scenario, run_in_process, run_over_sockets
 from simulator._checker import CONTRACT_RULES
+from tests.support.processes import second_server
 
 SHIPPED = ("quiet_morning", "busy_clinic_day", "flaky_network", "refresh_storm", "demo")
 SHORT_S = 120.0

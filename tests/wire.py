@@ -7,7 +7,6 @@ instead of hanging it.
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,14 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from asyncapi_schema import validate_event
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from reference_server.protocol import clinician_token
+from conformance._exchange import exchange
+from reference_server.protocol import RefNumbers, clinician_token
 from reference_server.server import QueueChatServer
+from tests.asyncapi_schema import validate_event
 
 RECEIVE_TIMEOUT_S = 5.0
-_refs = itertools.count(1)
+_refs = RefNumbers()
 
 
 class Closed(Exception):
@@ -70,14 +70,9 @@ class WireClient:
 
     async def request(self, frame: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Send ``frame`` with a fresh ref; return (events before the answer, the answer)."""
-        ref = f"r{next(_refs)}"
-        await self.send({**frame, "ref": ref})
-        events: list[dict[str, Any]] = []
-        while True:
-            got = await self.recv()
-            if got.get("ref") == ref and got["type"] in ("ok", "error"):
-                return events, got
-            events.append(got)
+        events, answer = await exchange(self.send, self.recv, frame, _refs.fresh("r"))
+        assert answer is not None
+        return events, answer
 
     async def ok(self, frame: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         events, answer = await self.request(frame)

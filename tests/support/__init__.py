@@ -1,6 +1,6 @@
-"""Test support shared by the project's tests: the second, independent server and its launchers.
+"""Test support shared by the project's tests and benchmarks, imported as ``tests.support`` (README.md here).
 
-Nothing here imports the project (see README.md in this folder); tests import ``support.processes``.
+This module and the second server import nothing of the project; the raw clients use its codec.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Seeded generator of hostile frames for ``fuzz.py`` (and its short run in the tests).
+"""Seeded generator of hostile frames for ``benchmarks/fuzz.py`` (and its short run in the tests).
 
 Each :class:`Item` is the bytes of one WebSocket message as the client puts it
 on the wire (one frame, or several fragments with control frames between
@@ -24,7 +24,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from _hardening_ws import OP_BINARY, OP_CONTINUATION, OP_PING, OP_TEXT, client_frame
+from reference_server import wscodec
+from reference_server.wscodec import OP_BINARY, OP_CONTINUATION, OP_PING, OP_TEXT, client_frame
 
 MAX_REF = 64
 
@@ -48,14 +49,15 @@ def expected_ref(text: str) -> tuple[str | None, str | None]:
     if not isinstance(obj, dict):
         return None, None
     ref = obj.get("ref")
-    ok = isinstance(ref, str) and len(ref) <= MAX_REF
-    if ok:
-        try:
-            ref.encode("utf-8")
-        except UnicodeEncodeError:
-            ok = False
     kind = obj.get("type")
-    return (ref if ok else None), (kind if isinstance(kind, str) else None)
+    kind = kind if isinstance(kind, str) else None
+    if not isinstance(ref, str) or len(ref) > MAX_REF:
+        return None, kind
+    try:
+        ref.encode("utf-8")
+    except UnicodeEncodeError:
+        return None, kind
+    return ref, kind
 
 
 _UNICODE = [
@@ -270,5 +272,6 @@ class FrameGenerator:
             payload = b'{"type":"send","text":"' + b"x" * size + b'"}'
             return Item(self.transport(payload), "close", 1009, kind="oversized")
         if choice == 2:
-            return Item(client_frame(b'{"type":"ping"}', rsv=r.randint(1, 7)), "close", 1002, kind="rsv")
-        return Item(client_frame(b'{"type":"ping"}', 0x3 + r.randrange(5)), "close", 1002, kind="opcode")
+            return Item(wscodec.raw_frame(b'{"type":"ping"}', rsv=r.randint(1, 7)), "close", 1002, kind="rsv")
+        wire = wscodec.bad_opcode_frame(b'{"type":"ping"}', 0x3 + r.randrange(5))
+        return Item(wire, "close", 1002, kind="opcode")

@@ -1,5 +1,8 @@
 """Shared pieces of the hardening tests (tests/test_hardening_*.py) that run the server in-process.
 
+It imports the server shell (``reference_server.server``) to run it, and reads its counters; it
+decides nothing from the domain model.
+
 - :func:`serving`: a reference server on loopback for one test body (also inside a
   Hypothesis example, where pytest-trio's fixtures cannot be re-entered); on exit it
   shuts the server down (R46) and checks that no internal error was counted.
@@ -27,6 +30,8 @@ import trio.testing
 
 from reference_server.protocol import Limits, clinician_token
 from reference_server.server import QueueChatServer
+
+from .rawws import TrioClient
 
 SECRET = "hardening-test-secret"
 COUNTED = ("_Connection", "_Session", "_Patient")
@@ -84,7 +89,9 @@ def live_counts(server: QueueChatServer, *, objects: bool = True) -> dict[str, i
 def task_names() -> Counter[str]:
     """The living Trio tasks by (short) name, for telling what did not go away."""
     names: Counter[str] = Counter()
-    stack = [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    assert root is not None, "called outside trio.run"
+    stack = [root]
     while stack:
         task = stack.pop()
         names[task.name.rsplit(".", 1)[-1]] += 1
@@ -168,8 +175,8 @@ _rooms = itertools.count(1)
 class ControlPair:
     """A clinician and a patient chatting in their own room; see :meth:`exchange`."""
 
-    clinician: Any
-    patient: Any
+    clinician: TrioClient
+    patient: TrioClient
     patient_id: str
     room: str
     next_id: int = 1
@@ -179,8 +186,6 @@ class ControlPair:
     @classmethod
     @asynccontextmanager
     async def open(cls, url: str) -> AsyncIterator[ControlPair]:
-        from _hardening_ws import TrioClient
-
         room = f"control-{next(_rooms)}"
         async with AsyncExitStack() as stack:
             clinician = await TrioClient.connect(url)

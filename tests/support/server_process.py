@@ -1,4 +1,4 @@
-"""Start ``_hardening_server.py`` in a process of its own and talk to its control channel.
+"""Start ``server_runner.py`` (the reference server) in a process of its own and talk to its control channel.
 
 Used by the out-of-process tests (privacy audit, socket fuzzing) and by the
 benchmarks (fuzz, soak, capacity). The server's stdout and stderr go to files
@@ -18,8 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-HERE = Path(__file__).resolve().parent
-RUNNER = HERE / "_hardening_server.py"
+ROOT = Path(__file__).resolve().parents[2]
+RUNNER = "tests.support.server_runner"  # run with -m, the project's root on PYTHONPATH
 
 
 class ServerProcess:
@@ -39,7 +39,7 @@ class ServerProcess:
         gc_policy: bool = True,
     ) -> None:
         self.workdir = workdir
-        args = [python, str(RUNNER), "--limits", json.dumps(limits or {}), "--log-level", log_level]
+        args = [python, "-m", RUNNER, "--limits", json.dumps(limits or {}), "--log-level", log_level]
         if not gc_policy:
             args.append("--no-gc-policy")
         if tracemalloc:
@@ -76,7 +76,7 @@ class ServerProcess:
             self._files += [out, err]
         else:
             out, err = subprocess.PIPE, subprocess.DEVNULL
-        env["PYTHONPATH"] = str(HERE.parent) + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=cwd,
                                      env=env)
         if self.cpu is not None and hasattr(os, "sched_setaffinity"):

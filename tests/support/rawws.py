@@ -1,45 +1,49 @@
-"""A raw WebSocket client for the hardening tests and benchmarks: any frame, however broken.
+"""Raw WebSocket clients for the hardening tests and the benchmarks: any frame, however broken.
 
-trio-websocket and websocket-client only send well-formed frames; the
-hardening work needs the others too: fragmented messages, invalid UTF-8,
-binary frames, frames cut off mid-way, reserved bits, clients that never
-read. So frames are built here by hand (RFC 6455 section 5), and the
-server's frames are parsed by a small sans-IO reader.
+trio-websocket and websocket-client only send well-formed frames; the hardening work needs the
+others too (fragments, invalid UTF-8, binary frames, frames cut off mid-way, reserved bits, clients
+that never read). The bytes come from the project's codec (``reference_server.wscodec``, which also
+builds the broken ones); here is only the I/O around it:
 
-Three layers:
-- :func:`client_frame`, :class:`FrameReader`, :func:`handshake_request` and
-  :func:`split_handshake_response`: bytes in, bytes or frames out, no I/O;
-- :class:`SyncClient`: blocking sockets with timeouts (fuzz.py, soak and the
-  out-of-process tests);
+- :class:`SyncClient`: blocking sockets with timeouts (fuzz, soak and the out-of-process tests);
 - :class:`TrioClient`: the same over a Trio stream (in-process tests).
 
-Both clients answer the server's pings by themselves unless told not to (a
-half-open client), and every read is bounded by a timeout.
+Both answer the server's pings by themselves unless told not to (a half-open client), and every
+read is bounded by a timeout.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import itertools
 import json
-import os
 import socket
 import struct
 import time
 from dataclasses import dataclass
 from typing import Any
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_sync_refs = 0
+import trio
 
-OP_CONTINUATION = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-OP_PING = 0x9
-OP_PONG = 0xA
+from reference_server.protocol import RefNumbers, answers
+from reference_server.wscodec import (
+    CLOSE_ABNORMAL,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameParser,
+    MessageAssembler,
+    client_frame,
+    close_code,
+    close_payload,
+    is_accepted,
+    new_key,
+    response_status,
+    split_head,
+    upgrade_request,
+)
+
+_refs = RefNumbers()
 
 
 class WsError(Exception):
@@ -47,21 +51,19 @@ class WsError(Exception):
 
 
 class WsTimeout(WsError):
-    pass
+    """No frame (or no handshake answer) in time."""
 
 
 @dataclass(frozen=True, slots=True)
-class Frame:
-    """One frame from the server: text and binary messages are whole (reassembled)."""
+class Message:
+    """One message or control frame from the server: text and binary messages are whole."""
 
     opcode: int
     payload: bytes
 
     @property
     def close_code(self) -> int | None:
-        if self.opcode != OP_CLOSE:
-            return None
-        return struct.unpack("!H", self.payload[:2])[0] if len(self.payload) >= 2 else 1005
+        return close_code(self.payload) if self.opcode == OP_CLOSE else None
 
     def json(self) -> dict[str, Any]:
         value = json.loads(self.payload.decode("utf-8"))
@@ -69,34 +71,11 @@ class Frame:
         return value
 
 
-def client_frame(
-    payload: bytes,
-    opcode: int = OP_TEXT,
-    *,
-    fin: bool = True,
-    rsv: int = 0,
-    masked: bool = True,
-    mask_key: bytes | None = None,
-) -> bytes:
-    """One client frame; every bit can be set wrong on purpose."""
-    first = (0x80 if fin else 0) | ((rsv & 0x7) << 4) | (opcode & 0xF)
-    n = len(payload)
-    mask_bit = 0x80 if masked else 0
-    if n < 126:
-        header = bytes((first, mask_bit | n))
-    elif n < 65536:
-        header = bytes((first, mask_bit | 126)) + struct.pack("!H", n)
-    else:
-        header = bytes((first, mask_bit | 127)) + struct.pack("!Q", n)
-    if not masked:
-        return header + payload
-    key = mask_key if mask_key is not None else os.urandom(4)
-    repeated = (key * (n // 4 + 1))[:n]
-    body = (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(n, "big") if n else b""
-    return header + key + body
+DROPPED = Message(OP_CLOSE, CLOSE_ABNORMAL.to_bytes(2, "big"))  # the connection ended without a close frame
 
 
 def text_frame(text: str | bytes) -> bytes:
+    """A client's text frame (masked) around ``text``."""
     return client_frame(text.encode("utf-8") if isinstance(text, str) else text, OP_TEXT)
 
 
@@ -105,40 +84,7 @@ def json_frame(obj: Any) -> bytes:
 
 
 def close_frame(code: int = 1000, reason: str = "") -> bytes:
-    return client_frame(struct.pack("!H", code) + reason.encode(), OP_CLOSE)
-
-
-def fragments(payload: bytes, cuts: list[int], opcode: int = OP_TEXT) -> bytes:
-    """``payload`` as one message in several frames, cut at the given byte offsets."""
-    points = [0, *sorted({c for c in cuts if 0 < c < len(payload)}), len(payload)]
-    parts = [payload[a:b] for a, b in itertools.pairwise(points)] or [b""]
-    out = []
-    for i, part in enumerate(parts):
-        out.append(client_frame(part, opcode if i == 0 else OP_CONTINUATION, fin=i == len(parts) - 1))
-    return b"".join(out)
-
-
-def handshake_request(host: str, port: int, path: str) -> tuple[bytes, bytes]:
-    """The HTTP upgrade request and the ``Sec-WebSocket-Accept`` value it must get back."""
-    key = base64.b64encode(os.urandom(16))
-    accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-    request = (
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
-    return request, accept
-
-
-def split_handshake_response(buf: bytes, accept: bytes) -> tuple[int, bytes] | None:
-    """(status, bytes after the headers) once the response head is in, else None."""
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    head, rest = buf[:end], buf[end + 4 :]
-    status = int(head.split(b" ", 2)[1])
-    if status == 101 and accept not in head:
-        raise WsError("bad Sec-WebSocket-Accept")
-    return status, rest
+    return client_frame(close_payload(code, reason), OP_CLOSE)
 
 
 def parse_url(url: str) -> tuple[str, int, str]:
@@ -149,46 +95,39 @@ def parse_url(url: str) -> tuple[str, int, str]:
     return host.strip("[]"), int(port), "/" + path
 
 
-class FrameReader:
-    """Server frames out of a byte stream: messages reassembled, control frames as they come."""
+class Handshake:
+    """The client's side of the HTTP upgrade: the request to send, then the answer's bytes fed in."""
+
+    def __init__(self, host: str, port: int, path: str) -> None:
+        self.key = new_key()
+        self.request = upgrade_request(f"{host}:{port}", path, self.key)
+        self._received = b""
+
+    def feed(self, data: bytes) -> tuple[int, bytes] | None:
+        """(the HTTP status, the bytes after the head) once the head is whole, else None."""
+        self._received += data
+        split = split_head(self._received)
+        if split is None:
+            return None
+        head, rest = split
+        status = response_status(head.split(b"\r\n", 1)[0].decode("latin-1"))
+        if status == 101 and not is_accepted(head, self.key):
+            raise WsError("bad Sec-WebSocket-Accept")
+        return status, rest
+
+
+class MessageReader:
+    """Server messages out of a byte stream: fragments joined, control frames as they come."""
 
     def __init__(self) -> None:
-        self.buf = bytearray()
-        self._parts: list[bytes] = []
-        self._opcode = 0
+        self._parser = FrameParser(masked=False)
+        self._assembler = MessageAssembler()
 
-    def feed(self, data: bytes) -> list[Frame]:
-        self.buf += data
-        out: list[Frame] = []
-        while True:
-            buf = self.buf
-            if len(buf) < 2:
-                return out
-            fin, opcode = buf[0] & 0x80, buf[0] & 0x0F
-            if buf[1] & 0x80:
-                raise WsError("the server sent a masked frame")
-            n, pos = buf[1] & 0x7F, 2
-            if n == 126:
-                if len(buf) < 4:
-                    return out
-                n, pos = struct.unpack_from("!H", buf, 2)[0], 4
-            elif n == 127:
-                if len(buf) < 10:
-                    return out
-                n, pos = struct.unpack_from("!Q", buf, 2)[0], 10
-            if len(buf) < pos + n:
-                return out
-            payload = bytes(buf[pos : pos + n])
-            del buf[: pos + n]
-            if opcode >= 0x8:
-                out.append(Frame(opcode, payload))
-                continue
-            if opcode != OP_CONTINUATION:
-                self._opcode, self._parts = opcode, []
-            self._parts.append(payload)
-            if fin:
-                out.append(Frame(self._opcode, b"".join(self._parts)))
-                self._parts = []
+    def feed(self, data: bytes) -> list[Message]:
+        frames = self._parser.feed(data)
+        if self._parser.error is not None:
+            raise WsError(str(self._parser.error))
+        return [Message(opcode, payload) for opcode, payload in self._assembler.feed(frames)]
 
 
 # --------------------------------------------------------------------------- blocking client
@@ -208,23 +147,23 @@ class SyncClient:
         self.sock.settimeout(timeout)
         self.sock.connect((host, port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        request, accept = handshake_request(host, port, path)
-        self.sock.sendall(request)
-        buf = b""
+        handshake = Handshake(host, port, path)
+        self.sock.sendall(handshake.request)
         deadline = time.monotonic() + timeout
-        while (got := split_handshake_response(buf, accept)) is None:
+        got = None
+        while got is None:
             if time.monotonic() > deadline:
                 raise WsTimeout("no handshake response")
             chunk = self.sock.recv(4096)
             if not chunk:
                 raise WsError("closed during the handshake")
-            buf += chunk
+            got = handshake.feed(chunk)
         self.status, rest = got
         if self.status != 101:
             raise WsError(f"handshake answered HTTP {self.status}")
-        self.reader = FrameReader()
-        self.pending: list[Frame] = list(self.reader.feed(rest))
-        self.closed: Frame | None = None
+        self.reader = MessageReader()
+        self.pending: list[Message] = list(self.reader.feed(rest))
+        self.closed: Message | None = None
 
     def send_bytes(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -232,7 +171,7 @@ class SyncClient:
     def send_json(self, obj: Any) -> None:
         self.sock.sendall(json_frame(obj))
 
-    def recv(self, timeout: float | None = None) -> Frame:
+    def recv(self, timeout: float | None = None) -> Message:
         """The next text, binary or close frame (after a close, the close again)."""
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
         while True:
@@ -244,11 +183,9 @@ class SyncClient:
                     continue
                 if frame.opcode == OP_PONG:
                     continue
-                if frame.opcode == OP_CLOSE:
-                    if self.closed is None:
-                        self.closed = frame
-                        self._send_quietly(client_frame(frame.payload[:2], OP_CLOSE))
-                    return frame
+                if frame.opcode == OP_CLOSE and self.closed is None:
+                    self.closed = frame
+                    self._send_quietly(client_frame(frame.payload[:2], OP_CLOSE))
                 return frame
             if self.closed is not None:
                 return self.closed
@@ -263,7 +200,7 @@ class SyncClient:
             except ConnectionResetError:
                 chunk = b""
             if not chunk:
-                self.closed = Frame(OP_CLOSE, struct.pack("!H", 1006))  # dropped without a close frame
+                self.closed = DROPPED
                 return self.closed
             self.pending.extend(self.reader.feed(chunk))
 
@@ -282,16 +219,12 @@ class SyncClient:
 
     def request(self, frame: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Send ``frame`` with a fresh ref; (the events before its answer, the answer)."""
-        global _sync_refs
-        _sync_refs += 1
-        ref = f"h{_sync_refs}"
+        ref = _refs.fresh("h")
         self.send_json({**frame, "ref": ref})
         events: list[dict[str, Any]] = []
-        while True:
-            got = self.recv_json()
-            if got.get("ref") == ref and got.get("type") in ("ok", "error"):
-                return events, got
+        while not answers(got := self.recv_json(), ref):
             events.append(got)
+        return events, got
 
     def ok(self, frame: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         events, answer = self.request(frame)
@@ -317,11 +250,9 @@ class SyncClient:
             self.sock.sendall(data)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             if self.closed is None:
                 self.sock.sendall(close_frame(1000))
-        except OSError:
-            pass
         self.sock.close()
 
     def abort(self) -> None:
@@ -336,19 +267,17 @@ class SyncClient:
 class TrioClient:
     """The same client over a Trio stream. Create with :meth:`connect`."""
 
-    def __init__(self, stream: Any, leftover: bytes, answer_pings: bool) -> None:
+    def __init__(self, stream: trio.SocketStream, leftover: bytes, answer_pings: bool) -> None:
         self.stream = stream
-        self.reader = FrameReader()
-        self.pending: list[Frame] = list(self.reader.feed(leftover))
+        self.reader = MessageReader()
+        self.pending: list[Message] = list(self.reader.feed(leftover))
         self.answer_pings = answer_pings
-        self.closed: Frame | None = None
+        self.closed: Message | None = None
         self.welcome_frame: dict[str, Any] = {}
 
     @classmethod
     async def connect(cls, url: str, *, answer_pings: bool = True, wait_s: float = 10.0,
                       rcvbuf: int | None = None) -> TrioClient:
-        import trio
-
         host, port, path = parse_url(url)
         with trio.fail_after(wait_s):
             if rcvbuf is None:
@@ -359,14 +288,14 @@ class TrioClient:
                 await sock.connect((host, port))
                 stream = trio.SocketStream(sock)
             try:
-                request, accept = handshake_request(host, port, path)
-                await stream.send_all(request)
-                buf = b""
-                while (got := split_handshake_response(buf, accept)) is None:
+                handshake = Handshake(host, port, path)
+                await stream.send_all(handshake.request)
+                got = None
+                while got is None:
                     chunk = await stream.receive_some(4096)
                     if not chunk:
                         raise WsError("closed during the handshake")
-                    buf += chunk
+                    got = handshake.feed(chunk)
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
@@ -382,9 +311,7 @@ class TrioClient:
     async def send_json(self, obj: Any) -> None:
         await self.stream.send_all(json_frame(obj))
 
-    async def recv(self, wait_s: float = 10.0) -> Frame:
-        import trio
-
+    async def recv(self, wait_s: float = 10.0) -> Message:
         with trio.fail_after(wait_s):
             while True:
                 while self.pending:
@@ -406,7 +333,7 @@ class TrioClient:
                 except trio.BrokenResourceError:
                     chunk = b""
                 if not chunk:
-                    self.closed = Frame(OP_CLOSE, struct.pack("!H", 1006))
+                    self.closed = DROPPED
                     return self.closed
                 self.pending.extend(self.reader.feed(chunk))
 
@@ -435,21 +362,15 @@ class TrioClient:
                 frames.append(frame.json())
 
     async def _send_quietly(self, data: bytes) -> None:
-        import trio
-
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self.stream.send_all(data)
 
     async def aclose(self) -> None:
-        import trio
-
         if self.closed is None:
             await self._send_quietly(close_frame(1000))
         await trio.aclose_forcefully(self.stream)
 
     async def abort(self) -> None:
         """Drop the TCP connection with a reset, no close frame."""
-        import trio
-
         self.stream.socket.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_LINGER, struct.pack("ii", 1, 0))
         await trio.aclose_forcefully(self.stream)

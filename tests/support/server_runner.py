@@ -1,6 +1,8 @@
 """The reference server in a process of its own, with a side channel for looking inside it.
 
-    python benchmarks/_hardening_server.py [--limits JSON] [--log-level LEVEL] [--tracemalloc]
+    python -m tests.support.server_runner [--limits JSON] [--log-level LEVEL] [--tracemalloc]
+
+(from the project's root, or with it on PYTHONPATH; ``server_process.ServerProcess`` starts it).
 
 Serves on 127.0.0.1 (port 0) and opens a second loopback TCP port, the
 control channel, then prints one line on stdout:
@@ -53,16 +55,13 @@ import hashlib
 import json
 import os
 import re
+import resource
 import sys
 import time
 import tracemalloc
 import types
 from collections import Counter
-from pathlib import Path
 from typing import Any
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
 _written: list[str] = []
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
@@ -143,7 +142,8 @@ def search_heap(prefix: str, hashes: set[str], trace: bool = False) -> dict[str,
             if digest in found:
                 found[digest].add(kind)
                 if trace and len(chains.setdefault(digest, [])) < 5:
-                    chain, at = [], key
+                    chain: list[str] = []
+                    at = key
                     while at in parents and len(chain) < 40:
                         at, name = parents[at]
                         chain.append(name)
@@ -252,8 +252,6 @@ def main() -> None:
     sys.addaudithook(_audit)
     gc.callbacks.append(gc_pauses)
     if args.nofile:
-        import resource
-
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         target = min(args.nofile, hard) if hard != resource.RLIM_INFINITY else args.nofile
         if target > soft:
@@ -261,6 +259,8 @@ def main() -> None:
     if args.tracemalloc:
         tracemalloc.start()
 
+    # Imported only now, on purpose: the audit hook and tracemalloc above must see everything the
+    # server's modules open and allocate, their import included.
     import trio
 
     from reference_server.protocol import DEVELOPMENT_SECRET, Limits
@@ -373,7 +373,7 @@ def main() -> None:
             url = await nursery.start(lambda task_status: server.serve(host="127.0.0.1", port=0,
                                                                        task_status=task_status))
             listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-            port = listeners[0].socket.getsockname()[1]  # type: ignore[attr-defined]
+            port = listeners[0].socket.getsockname()[1]
             nursery.start_soon(stdin_eof, nursery.cancel_scope)
             nursery.start_soon(trio.serve_listeners,
                                lambda stream: control(stream, nursery.cancel_scope), listeners)
