@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type information
 
-from loadtests._hdr import MESSAGE_ENTRIES, decode
+from formats.hlog import MESSAGE_ENTRIES, read_interval_log
 from queuechat._load import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,12 +52,11 @@ def start_sink() -> tuple[subprocess.Popen[str], str]:
 def steady_rate(hlog: Path) -> float:
     """Deliveries per second over the whole intervals, leaving out the first and the last."""
     per_interval: dict[float, int] = {}
-    for line in hlog.read_text().splitlines():
-        if not line.startswith("Tag="):
-            continue
-        tag, start, length, _, payload = line.split(",", 4)
-        if tag[4:] in MESSAGE_ENTRIES and abs(float(length) - 1.0) < 1e-6:
-            per_interval[float(start)] = per_interval.get(float(start), 0) + decode(payload).get_total_count()
+    log = read_interval_log(hlog)
+    for tag in MESSAGE_ENTRIES:
+        for interval in log.tags.get(tag, ()):
+            if abs(interval.length_s - 1.0) < 1e-6:
+                per_interval[interval.start_s] = per_interval.get(interval.start_s, 0) + interval.count
     starts = sorted(per_interval)[1:-1]
     return sum(per_interval[s] for s in starts) / len(starts) if starts else 0.0
 

@@ -38,7 +38,8 @@ from urllib.parse import urlsplit
 import websocket
 
 import loadtests
-from loadtests._report import EXIT_INVALID, EXIT_USAGE, SUMMARY_FILE, format_summary
+from formats.summary import SUMMARY_FILE
+from loadtests._report import EXIT_INVALID, EXIT_USAGE, format_summary
 from loadtests._settings import DEFAULT_DRAIN_S, Settings, is_loopback_host
 from loadtests._slo import SloError, load_thresholds
 from reference_server.protocol import (
