@@ -30,7 +30,8 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type information
 
-from formats.hlog import MESSAGE_ENTRIES, read_interval_log
+from formats.hlog import HLOG_FILE, MESSAGE_ENTRIES, read_interval_log
+from formats.summary import SUMMARY_FILE
 from queuechat._load import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,14 +87,14 @@ def run_rate(url: str, sink: psutil.Process, *, rate: float, users: int, duratio
         finally:
             stop.set()
             sampler.join()
-        summary = json.loads((out / "summary.json").read_text())
+        summary = json.loads((out / SUMMARY_FILE).read_text())
         p2c = summary["entries"]["patient_to_clinician"]
         c2p = summary["entries"]["clinician_to_patient"]
         cpu = summary["generators"][0]["cpu"]
         steady = sink_cpu[2:-2] or sink_cpu
         return {
             "offered": rate,
-            "delivered_per_s": round(steady_rate(out / "latency.hlog")),
+            "delivered_per_s": round(steady_rate(out / HLOG_FILE)),
             "generator_cpu_mean": cpu["mean_cpu_percent"],
             "generator_demand_max": cpu["max_demand_percent"],
             "sink_cpu_mean": round(sum(steady) / len(steady), 1) if steady else None,
