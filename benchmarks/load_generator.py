@@ -30,7 +30,8 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type information
 
-from loadtests import MESSAGE_ENTRIES, decode_histogram
+from formats.hlog import HLOG_FILE, MESSAGE_ENTRIES, read_interval_log
+from formats.summary import SUMMARY_FILE
 from queuechat.children import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,13 +53,11 @@ def start_sink() -> tuple[subprocess.Popen[str], str]:
 def steady_rate(hlog: Path) -> float:
     """Deliveries per second over the whole intervals, leaving out the first and the last."""
     per_interval: dict[float, int] = {}
-    for line in hlog.read_text().splitlines():
-        if not line.startswith("Tag="):
-            continue
-        tag, start, length, _, payload = line.split(",", 4)
-        if tag[4:] in MESSAGE_ENTRIES and abs(float(length) - 1.0) < 1e-6:
-            count = decode_histogram(payload).get_total_count()
-            per_interval[float(start)] = per_interval.get(float(start), 0) + count
+    log = read_interval_log(hlog)
+    for tag in MESSAGE_ENTRIES:
+        for interval in log.tags.get(tag, ()):
+            if abs(interval.length_s - 1.0) < 1e-6:
+                per_interval[interval.start_s] = per_interval.get(interval.start_s, 0) + interval.count
     starts = sorted(per_interval)[1:-1]
     return sum(per_interval[s] for s in starts) / len(starts) if starts else 0.0
 
@@ -88,14 +87,14 @@ def run_rate(url: str, sink: psutil.Process, *, rate: float, users: int, duratio
         finally:
             stop.set()
             sampler.join()
-        summary = json.loads((out / "summary.json").read_text())
+        summary = json.loads((out / SUMMARY_FILE).read_text())
         p2c = summary["entries"]["patient_to_clinician"]
         c2p = summary["entries"]["clinician_to_patient"]
         cpu = summary["generators"][0]["cpu"]
         steady = sink_cpu[2:-2] or sink_cpu
         return {
             "offered": rate,
-            "delivered_per_s": round(steady_rate(out / "latency.hlog")),
+            "delivered_per_s": round(steady_rate(out / HLOG_FILE)),
             "generator_cpu_mean": cpu["mean_cpu_percent"],
             "generator_demand_max": cpu["max_demand_percent"],
             "sink_cpu_mean": round(sum(steady) / len(steady), 1) if steady else None,

@@ -12,10 +12,11 @@ import difflib
 import html
 import json
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from formats.junit import Case, Outcome, Suite, junit_xml
 
 from ._patterns import render_frame
 from ._registry import GROUPS, Verdict
@@ -76,13 +77,6 @@ def write_json(suite: SuiteResult, path: Path) -> None:
 
 # --------------------------------------------------------------------------- JUnit XML
 
-_XML_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-
-
-def _xml_text(value: str) -> str:
-    return _XML_UNSAFE.sub("?", value)
-
-
 def failure_text(result: CaseResult) -> str:
     """The expected and seen frames of a failing step, as plain text."""
     lines = [result.reason]
@@ -97,54 +91,32 @@ def failure_text(result: CaseResult) -> str:
 
 
 def write_junit(suite: SuiteResult, path: Path) -> None:
-    counts = suite.counts()
-    failures = counts["unexpected failures"]
-    skipped = counts["skipped"] + counts["known failures"]
-    attrs = {
-        "name": SUITE_NAME,
-        "tests": str(len(suite.results)),
-        "failures": str(failures),
-        "errors": "0",
-        "skipped": str(skipped),
-        "time": f"{suite.duration_s:.3f}",
-    }
-    root = ET.Element("testsuites", attrs)
-    suite_el = ET.SubElement(root, "testsuite", {**attrs, "timestamp": suite.started_at})
-    props = ET.SubElement(suite_el, "properties")
-    for name, value in (("url", suite.url), ("answers_ping", str(suite.has_ping).lower())):
-        ET.SubElement(props, "property", {"name": name, "value": _xml_text(value)})
+    cases = []
     for result in suite.results:
         case = result.case
-        el = ET.SubElement(
-            suite_el,
-            "testcase",
-            {"classname": f"conformance.{case.group}", "name": case.id, "time": f"{result.duration_s:.3f}"},
-        )
         out: list[str] = [case.description]
+        outcome = None
         if result.verdict is Verdict.FAIL and result.known_failure is None:
-            failure = ET.SubElement(
-                el, "failure", {"message": _xml_text(result.reason[:500]), "type": "fail"}
-            )
-            failure.text = _xml_text(failure_text(result))
+            outcome = Outcome(kind="failure", message=result.reason[:500], type="fail",
+                              text=failure_text(result))
         elif result.verdict is Verdict.FAIL:
             known = result.known_failure
             reason = (
                 known.reason if known is not None and known.reason else "listed in the known-failures file"
             )
-            ET.SubElement(
-                el, "skipped", {"message": _xml_text(f"known failure ({reason}): {result.reason}"[:500])}
-            )
+            outcome = Outcome(kind="skipped", message=f"known failure ({reason}): {result.reason}"[:500])
             out.append(failure_text(result))
         elif result.verdict is Verdict.SKIPPED:
-            ET.SubElement(el, "skipped", {"message": _xml_text(result.reason[:500])})
+            outcome = Outcome(kind="skipped", message=result.reason[:500])
         elif result.verdict in (Verdict.NON_STRICT, Verdict.INFORMATIONAL):
             out.append(f"{result.verdict.value}: {result.reason}")
         out.extend(f"note: {note}" for note in result.notes)
-        system_out = ET.SubElement(el, "system-out")
-        system_out.text = _xml_text("\n".join(out))
-    ET.indent(root)
+        cases.append(Case(classname=f"conformance.{case.group}", name=case.id,
+                          time=f"{result.duration_s:.3f}", outcome=outcome, system_out="\n".join(out)))
+    document = Suite(name=SUITE_NAME, cases=cases, time=f"{suite.duration_s:.3f}", timestamp=suite.started_at,
+                     properties=[("url", suite.url), ("answers_ping", str(suite.has_ping).lower())])
     path.parent.mkdir(parents=True, exist_ok=True)
-    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    path.write_bytes(junit_xml(document))
 
 
 # --------------------------------------------------------------------------- HTML

@@ -4,22 +4,19 @@ Importing this package imports neither Locust (nor gevent) nor Trio: the
 parts that need Locust are loaded by the Locust file. ``queuechat load``
 runs it; ``python -m loadtests.sink`` is a minimal server for measuring the
 generator itself. What is exported here is what the command needs around a
-run: its settings and their checks, the SLO file, the results folder's
-names, the exit codes and the summary's text, and the run's metadata.
+run: its settings and their checks, the SLO file, the JUnit file's name,
+the exit codes and the summary's text, and the run's metadata. The
+results folder's files are defined in ``formats`` (``formats.summary``,
+``formats.hlog``, ``formats.timeline``, ``formats.junit``).
 """
 
-from ._hdr import MESSAGE_ENTRIES
-from ._hdr import decode as decode_histogram
 from ._meta import environment
 from ._report import (
     EXIT_INVALID,
     EXIT_PASS,
     EXIT_SLO_BREACH,
     EXIT_USAGE,
-    HLOG_FILE,
     JUNIT_FILE,
-    SUMMARY_FILE,
-    TIMELINE_FILE,
     format_summary,
 )
 from ._settings import DEFAULT_DRAIN_S, Settings
@@ -31,14 +28,9 @@ __all__ = [
     "EXIT_PASS",
     "EXIT_SLO_BREACH",
     "EXIT_USAGE",
-    "HLOG_FILE",
     "JUNIT_FILE",
-    "MESSAGE_ENTRIES",
-    "SUMMARY_FILE",
-    "TIMELINE_FILE",
     "Settings",
     "SloError",
-    "decode_histogram",
     "environment",
     "format_summary",
     "load_thresholds",

@@ -18,6 +18,9 @@ at its end (gauges, changed by the users as they happen) and the errors and
 disconnects recorded in it; the merger adds rows of the same interval start
 from every process, as it adds histograms.
 
+The files written from here (the interval log, the timeline) are defined in ``formats.hlog`` and
+``formats.timeline``, beside their readers; so are the entry names.
+
 No Locust, no gevent, no I/O here except the output writers.
 """
 
@@ -25,63 +28,32 @@ from __future__ import annotations
 
 import ctypes
 import io
-import json
 import math
-import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]  # hdrhistogram ships no types
 
-LOWEST_US = 1
-HIGHEST_US = 3_600_000_000  # one hour
-SIGNIFICANT_DIGITS = 3
+from formats.hlog import (
+    DISCONNECTS,
+    ERRORS,
+    HIGHEST_US,
+    MESSAGE_ENTRIES,
+    UNCORRECTED_SUFFIX,
+    decode,
+    encode,
+    merge,
+    new_histogram,
+    value_at_percentiles,
+    write_interval_log,
+)
+from formats.timeline import GAUGES, write_timeline
 
-# Every entry the load users measure, in the order reports show them.
-PATIENT_TO_CLINICIAN = "patient_to_clinician"
-CLINICIAN_TO_PATIENT = "clinician_to_patient"
-CLINICIAN_HELLO = "clinician_hello"
-CHECK_IN = "check_in"
-CALL_START = "call_start"
-OPEN_CHAT = "open_chat"
-MESSAGE_ENTRIES = (PATIENT_TO_CLINICIAN, CLINICIAN_TO_PATIENT)
-LATENCY_ENTRIES = (*MESSAGE_ENTRIES, CLINICIAN_HELLO, CHECK_IN, CALL_START, OPEN_CHAT)
-# Counted, not timed: errors (by code, over all entries) and disconnects (by close code).
-ERRORS = "errors"
-DISCONNECTS = "disconnects"
-COUNTED_ENTRIES = (ERRORS, DISCONNECTS)
-# Gauges: what is running at the end of each interval, in the timeline.
-USERS = "users"
-CONNECTIONS = "connections"
-GAUGES = (USERS, CONNECTIONS)
-TIMELINE_HEADER = "start_epoch_s,length_s,users,connections,errors,disconnects"
-
-UNCORRECTED_SUFFIX = ".uncorrected"
 REPORT_PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
-
-
-def new_histogram() -> HdrHistogram:
-    return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
-
-
-def encode(histogram: HdrHistogram) -> str:
-    """The histogram's standard compressed, base64 form (as in ``.hlog`` files)."""
-    return bytes(histogram.encode()).decode("ascii")
-
-
-def decode(encoded: str) -> HdrHistogram:
-    return HdrHistogram.decode(encoded)
-
-
-def merge(encoded: Iterable[str]) -> HdrHistogram:
-    total = new_histogram()
-    for item in encoded:
-        total.decode_and_add(item)
-    return total
 
 
 def _clamp(value_us: float) -> int:
@@ -90,34 +62,15 @@ def _clamp(value_us: float) -> int:
     return HIGHEST_US if value_us >= HIGHEST_US else int(value_us)
 
 
-# hdrhistogram's own mean, standard deviation and percentile queries walk every one of the
-# histogram's ~23,000 counters in Python, one call each (about half a second per histogram for the
-# mean). These give the same answers from the non-zero counters only; tests compare them.
+# hdrhistogram's own mean and standard deviation walk every one of the histogram's ~23,000 counters in
+# Python, one call each (about half a second per histogram). These give the same answers from the
+# non-zero counters only; tests compare them. (Percentiles: ``formats.hlog.value_at_percentiles``.)
 
 
 def _nonzero(histogram: HdrHistogram) -> list[tuple[int, int]]:
     counts = histogram.counts
     length = min(histogram.counts_len, len(counts))
     return [(index, count) for index, count in enumerate(counts[:length]) if count]
-
-
-def percentiles(histogram: HdrHistogram, wanted: Iterable[float]) -> dict[float, int]:
-    """Values at the given percentiles, as ``get_value_at_percentile`` gives them."""
-    nonzero = _nonzero(histogram)
-    out: dict[float, int] = {}
-    for percentile in wanted:
-        target = histogram.get_target_count_at_percentile(percentile)
-        total = 0
-        value = 0
-        for index, count in nonzero:
-            total += count
-            if total >= target:
-                at = histogram.get_value_from_index(index)
-                value = (histogram.get_highest_equivalent_value(at) if percentile
-                         else histogram.get_lowest_equivalent_value(at))
-                break
-        out[percentile] = value
-    return out
 
 
 def mean_and_stddev(histogram: HdrHistogram) -> tuple[float, float]:
@@ -156,7 +109,8 @@ def summarize(histogram: HdrHistogram) -> dict[str, Any]:
         "stddev": round(stddev, 1),
         "max": histogram.get_max_value(),
     }
-    for percentile, value in percentiles(histogram, REPORT_PERCENTILES).items():
+    for percentile, value in zip(REPORT_PERCENTILES, value_at_percentiles(histogram, REPORT_PERCENTILES),
+                                 strict=True):
         out[f"p{percentile:g}"] = value
     return out
 
@@ -535,37 +489,21 @@ class Collector:
     # ------------------------------------------------------------------ outputs
 
     def write_hlog(self, path: Path, *, start_time_s: float, comment: str = "") -> int:
-        """Write the interval log (HdrHistogram log format 1.3, one tag per entry); returns its lines."""
-        lines = 0
+        """Write the interval log (``formats.hlog``, one tag per entry); returns its lines."""
         base = min((start for start, _ in self._intervals), default=start_time_s)
         base = min(base, start_time_s)
-        with open(path, "w", encoding="ascii") as out:
-            out.write("#[Histogram log format version 1.3]\n")
-            if comment:
-                out.write(f"#[{comment}]\n")
-            out.write(f"#[StartTime: {base:.3f} (seconds since epoch), "
-                      f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(base))}Z]\n")
-            out.write(f"#[BaseTime: {base:.3f} (seconds since epoch)]\n")
-            out.write("#[Values are microseconds; Interval_Max is in milliseconds]\n")
-            out.write('"StartTimestamp","Interval_Length","Interval_Max","Interval_Compressed_Histogram"\n')
+
+        def merged() -> Iterator[tuple[float, str, float, HdrHistogram]]:
             for start, tag in sorted(self._intervals):
                 parts = self._intervals[(start, tag)]
-                histogram = merge(parts) if len(parts) > 1 else decode(parts[0])
-                length = self._interval_lengths[(start, tag)]
-                out.write(f"Tag={tag},{start - base:.3f},{length:.3f},"
-                          f"{histogram.get_max_value() / 1000.0:.3f},{encode(histogram)}\n")
-                lines += 1
-        return lines
+                yield start, tag, self._interval_lengths[(start, tag)], (
+                    merge(parts) if len(parts) > 1 else decode(parts[0]))
+
+        return write_interval_log(path, merged(), base_s=base, comment=comment)
 
     def write_timeline(self, path: Path) -> int:
-        """Write :meth:`timeline` as CSV (``TIMELINE_HEADER``); returns its rows."""
-        rows = self.timeline()
-        with open(path, "w", encoding="ascii", newline="") as out:
-            out.write(TIMELINE_HEADER + "\n")
-            for row in rows:
-                out.write(f"{row['start']:.3f},{row['length']:.3f},{row[USERS]},{row[CONNECTIONS]},"
-                          f"{row[ERRORS]},{row[DISCONNECTS]}\n")
-        return len(rows)
+        """Write :meth:`timeline` (``formats.timeline``); returns its rows."""
+        return write_timeline(path, self.timeline())
 
 
 def write_hgrm(path: Path, histogram: HdrHistogram) -> None:
@@ -579,9 +517,3 @@ def write_hgrm(path: Path, histogram: HdrHistogram) -> None:
     fast.get_stddev = lambda: stddev / 1000.0
     fast.output_percentile_distribution(buffer, 1000.0)
     path.write_bytes(buffer.getvalue())
-
-
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

@@ -53,9 +53,12 @@ from locust import events
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
+from formats.hlog import MESSAGE_ENTRIES, new_histogram, value_at_percentiles
+from formats.summary import write_json
+
 from . import _meta, _report
 from ._cpu import CpuSampler, assess
-from ._hdr import MESSAGE_ENTRIES, Collector, Recorder, new_histogram, percentiles, write_json
+from ._hdr import Collector, Recorder
 from ._settings import OPTIONS, Settings, from_options, host_problem
 from ._slo import SloError, Threshold, load_thresholds
 from ._state import LIVE_CLIENTS, ROLE_LOCAL, ROLE_MASTER, ROLE_WORKER, RecordingState, register_process_state
@@ -387,8 +390,8 @@ class ProcessState(RecordingState):
         runner = self.environment.runner
         users = runner.user_count if runner is not None else 0
         count = delivered.get_total_count()
-        values = percentiles(delivered, (50.0, 99.0))
-        latency = (f"p50 {values[50.0] / 1000:.2f}ms p99 {values[99.0] / 1000:.2f}ms "
+        p50, p99 = value_at_percentiles(delivered, (50.0, 99.0))
+        latency = (f"p50 {p50 / 1000:.2f}ms p99 {p99 / 1000:.2f}ms "
                    f"max {delivered.get_max_value() / 1000:.2f}ms") if count else "no deliveries"
         cpu = max(self.latest_cpu.values(), default=None)
         cpu_shown = f"{cpu:.0f}%" if cpu is not None else "-"

@@ -31,29 +31,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._hdr import (
-    DISCONNECTS,
-    ERRORS,
-    LATENCY_ENTRIES,
-    MESSAGE_ENTRIES,
-    UNCORRECTED_SUFFIX,
-    USERS,
-    Collector,
-    summarize,
-    write_hgrm,
-    write_json,
-)
+from formats.hlog import DISCONNECTS, ERRORS, HLOG_FILE, LATENCY_ENTRIES, MESSAGE_ENTRIES, UNCORRECTED_SUFFIX
+from formats.summary import SUMMARY_FILE, SUMMARY_VERSION, write_summary
+from formats.timeline import TIMELINE_FILE, USERS
+
+from ._hdr import Collector, summarize, write_hgrm
 from ._slo import EntryResult, Threshold, ThresholdResult, evaluate, junit_xml
 
 EXIT_PASS = 0
 EXIT_SLO_BREACH = 1
 EXIT_USAGE = 2
 EXIT_INVALID = 3
-SUMMARY_FILE = "summary.json"
-HLOG_FILE = "latency.hlog"
-TIMELINE_FILE = "timeline.csv"
 JUNIT_FILE = "junit.xml"
-SUMMARY_VERSION = 1
 WAIT_WARNING_MS = 0.5
 # A run whose generators sent fewer than this fraction of the messages their schedules had due is invalid:
 # it did not put the planned load on the server (wrk2's rule: measure at the rate you asked for).
@@ -245,9 +234,8 @@ def write(out_dir: Path, collector: Collector, summary: Mapping[str, Any], resul
                                 duration_s=float(summary["run"].get("duration_s", 0.0)),
                                 incomplete=summary["verdict"] == "incomplete"))
     written.append(junit)
-    path = out_dir / SUMMARY_FILE
-    write_json(path, {**summary, "files": sorted(p.name for p in [*written, path])})
-    written.append(path)
+    files = sorted([*(p.name for p in written), SUMMARY_FILE])
+    written.append(write_summary(out_dir, {**summary, "files": files}))
     return written
 
 

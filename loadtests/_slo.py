@@ -28,13 +28,16 @@ import math
 import operator
 import re
 import tomllib
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._hdr import COUNTED_ENTRIES, LATENCY_ENTRIES, MESSAGE_ENTRIES, mean_and_stddev, percentiles
+from formats.hlog import COUNTED_ENTRIES, LATENCY_ENTRIES, MESSAGE_ENTRIES, value_at_percentiles
+from formats.junit import Case, Outcome, Suite
+from formats.junit import junit_xml as junit_xml_document
+
+from ._hdr import mean_and_stddev
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
@@ -191,9 +194,9 @@ def evaluate(thresholds: Sequence[Threshold], results: Mapping[str, EntryResult]
                 continue
             if threshold.aggregate in ("p", "uncorrected_p"):
                 assert threshold.percentile is not None
-                measured = float(percentiles(histogram, (threshold.percentile,))[threshold.percentile])
+                measured = float(value_at_percentiles(histogram, (threshold.percentile,))[0])
             elif threshold.aggregate == "med":
-                measured = float(percentiles(histogram, (50.0,))[50.0])
+                measured = float(value_at_percentiles(histogram, (50.0,))[0])
             elif threshold.aggregate == "avg":
                 measured = mean_and_stddev(histogram)[0]
             elif threshold.aggregate == "min":
@@ -209,22 +212,15 @@ def evaluate(thresholds: Sequence[Threshold], results: Mapping[str, EntryResult]
 def junit_xml(results: Sequence[ThresholdResult], *, validity_problems: Sequence[str],
               duration_s: float, suite: str = "queuechat.load", incomplete: bool = False) -> bytes:
     """One test case per threshold, plus one for the run's validity; what every CI system reads."""
-    failures = sum(1 for r in results if not r.passed)
-    errors = 1 if validity_problems else 0
-    root = ET.Element("testsuites", name=suite, tests=str(len(results) + 1), failures=str(failures),
-                      errors=str(errors), time=f"{duration_s:.3f}")
-    ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(results) + 1), failures=str(failures),
-                       errors=str(errors), skipped="0", time=f"{duration_s:.3f}")
-    case = ET.SubElement(ts, "testcase", classname=f"{suite}.run", name="the run is valid", time="0")
-    if validity_problems:
-        error = ET.SubElement(case, "error", message="; ".join(validity_problems),
-                              type="IncompleteRun" if incomplete else "InvalidRun")
-        error.text = "\n".join(validity_problems)
-    for result in results:
-        case = ET.SubElement(ts, "testcase", classname=f"{suite}.slo.{result.threshold.entry}",
-                             name=result.threshold.expression, time="0")
-        if not result.passed:
-            failure = ET.SubElement(case, "failure", message=result.message, type="SloBreach")
-            failure.text = result.message
-    ET.indent(root)
-    return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True)) + b"\n"
+    validity = Outcome(kind="error", message="; ".join(validity_problems),
+                       type="IncompleteRun" if incomplete else "InvalidRun",
+                       text="\n".join(validity_problems)) if validity_problems else None
+    cases = [Case(classname=f"{suite}.run", name="the run is valid", time="0", outcome=validity)]
+    cases += [
+        Case(classname=f"{suite}.slo.{result.threshold.entry}", name=result.threshold.expression, time="0",
+             outcome=None if result.passed else Outcome(kind="failure", message=result.message,
+                                                        type="SloBreach", text=result.message))
+        for result in results
+    ]
+    document = Suite(name=suite, cases=cases, time=f"{duration_s:.3f}")
+    return junit_xml_document(document, root_skipped=False) + b"\n"

@@ -52,6 +52,16 @@ from locust import User, task
 from locust.env import Environment
 from locust.exception import StopUser
 
+from formats.hlog import (
+    CALL_START,
+    CHECK_IN,
+    CLINICIAN_HELLO,
+    CLINICIAN_TO_PATIENT,
+    DISCONNECTS,
+    OPEN_CHAT,
+    PATIENT_TO_CLINICIAN,
+)
+from formats.timeline import CONNECTIONS, USERS
 from reference_server.protocol import clinician_token
 
 from ._client import (
@@ -63,18 +73,7 @@ from ._client import (
     ServerError,
     encode_json,
 )
-from ._hdr import (
-    CALL_START,
-    CHECK_IN,
-    CLINICIAN_HELLO,
-    CLINICIAN_TO_PATIENT,
-    CONNECTIONS,
-    DISCONNECTS,
-    OPEN_CHAT,
-    PATIENT_TO_CLINICIAN,
-    USERS,
-    Recorder,
-)
+from ._hdr import Recorder
 from ._settings import PATIENT_NAME, Settings, host_problem, user_random
 from ._state import LIVE_CLIENTS, process_state
 

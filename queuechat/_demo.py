@@ -31,6 +31,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from formats.summary import SUMMARY_FILE, write_simulation_summary
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -250,8 +252,7 @@ def _simulation(scenario: Any, url: str, sim_dir: Path, outcome: _Outcome, say: 
         echo(f"{PREFIX} the simulation failed: {type(error).__name__}: {error}; see "
              f"{sim_dir.parent / 'server.log'}")
         return EXIT_FAILED
-    summary_path = history.with_suffix(".summary.json")
-    summary_path.write_text(json.dumps(_summary_document(result), indent=2) + "\n", encoding="utf-8")
+    write_simulation_summary(history, _summary_document(result))
     report = io.StringIO()
     _report(result, report)
     for line in report.getvalue().splitlines():
@@ -290,7 +291,6 @@ def _load_test(options: DemoOptions, load_s: int, url: str, load_dir: Path, outc
                interrupts: _Interrupts, say: Echo, echo: Echo) -> int | None:
     """``queuechat load --url URL`` in this process (Locust itself in a subprocess). None: go on."""
     from loadtests import EXIT_USAGE as LOAD_USAGE
-    from loadtests import SUMMARY_FILE
 
     from . import _load
 

@@ -37,11 +37,11 @@ from typing import IO, Any
 import websocket
 
 import loadtests
+from formats.summary import SUMMARY_FILE
 from loadtests import (
     DEFAULT_DRAIN_S,
     EXIT_INVALID,
     EXIT_USAGE,
-    SUMMARY_FILE,
     Settings,
     SloError,
     format_summary,

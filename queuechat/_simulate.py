@@ -12,7 +12,6 @@ A run that ends with 2 or 3 never reports the server's violations.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import replace
@@ -21,6 +20,7 @@ from typing import Any, TextIO
 
 import click
 
+from formats.summary import write_simulation_summary
 from reference_server.protocol import is_loopback_host
 from simulator import (
     MAX_SHOWN_PER_RULE,
@@ -143,8 +143,7 @@ def simulate(scenario_name: str, seed: int | None, duration: str | None, url: st
         if bar is not None:
             bar.close()
     _report(result, sys.stdout, quiet=quiet)
-    summary_path = path.with_suffix(".summary.json")
-    summary_path.write_text(json.dumps(_summary_document(result), indent=2) + "\n", encoding="utf-8")
+    summary_path = write_simulation_summary(path, _summary_document(result))
     if not quiet:
         click.echo(f"history: {path}\nsummary: {summary_path}")
     sys.exit(_exit_code(result))

@@ -1,7 +1,8 @@
 """Reports: self-contained HTML pages and PNG charts from the files the load tests and the simulator
 write, and a comparison of two load runs.
 
-Reads files only (``summary.json``, ``latency.hlog``, ``timeline.csv``, simulation histories): it
+Reads files only (``summary.json``, ``latency.hlog``, ``timeline.csv``, simulation histories and their
+summaries), through the readers in ``formats``, where each format is defined beside its writer: it
 imports neither the server, the simulator nor the load tests. Matplotlib is imported when a chart is
 drawn, with the Agg backend and a private config folder.
 """

@@ -22,11 +22,12 @@ so).
 from __future__ import annotations
 
 import math
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from formats.junit import Case, Outcome, Suite
+from formats.junit import junit_xml as junit_xml_document
 from reports._errors import ReportError
 from reports._hdr import FIGURE_NAMES, figures
 from reports._load_charts import Curve, TimeAxis, distribution_chart, midpoint, ms
@@ -534,26 +535,17 @@ def p99_over_time(comparison: Comparison, entry: str) -> Chart:
 
 def junit_xml(comparison: Comparison) -> bytes:
     """One test case per entry (skipped when not judged), one for the runs' validity."""
-    suite = ET.Element("testsuite", name="queuechat.compare")
-    cases = 0
-    failures = skipped = 0
-    validity = ET.SubElement(
-        suite, "testcase", classname="queuechat.compare.runs", name="both runs are valid"
-    )
-    cases += 1
-    if comparison.problems:
-        ET.SubElement(validity, "failure", message=" ".join(comparison.problems))
-        failures += 1
-    settings = ET.SubElement(
-        suite, "testcase", classname="queuechat.compare.runs", name="both runs had the same settings"
-    )
-    cases += 1
+    runs = "queuechat.compare.runs"
+    cases = [Case(classname=runs, name="both runs are valid",
+                  outcome=Outcome(kind="failure", message=" ".join(comparison.problems))
+                  if comparison.problems else None)]
+    settings = "; ".join(comparison.differences)
     if comparison.differences and not comparison.forced:
-        ET.SubElement(settings, "failure", message="not comparable: " + "; ".join(comparison.differences))
-        failures += 1
-    elif comparison.differences:
-        forced = "judged with --force: " + "; ".join(comparison.differences)
-        ET.SubElement(settings, "system-out").text = forced
+        cases.append(Case(classname=runs, name="both runs had the same settings",
+                          outcome=Outcome(kind="failure", message="not comparable: " + settings)))
+    else:
+        cases.append(Case(classname=runs, name="both runs had the same settings",
+                          system_out="judged with --force: " + settings if comparison.differences else None))
     bounds = comparison.bounds
     not_comparable = comparison.verdict == "not comparable"
     judged = [
@@ -567,33 +559,20 @@ def junit_xml(comparison: Comparison) -> bytes:
         for measure in comparison.measures
     ]
     for classname, name, status, reason in judged:
-        case = ET.SubElement(suite, "testcase", classname=classname, name=name)
-        cases += 1
-        if not_comparable:
-            ET.SubElement(case, "skipped", message="not judged: the runs are not comparable")
-            skipped += 1
-        elif status == REGRESSION:
-            ET.SubElement(case, "failure", message=f"regression: {reason}")
-            failures += 1
-        elif status == NOT_JUDGED:
-            ET.SubElement(case, "skipped", message=reason)
-            skipped += 1
-        else:
-            ET.SubElement(case, "system-out").text = f"{status}: {reason}"
-    suite.set("tests", str(cases))
-    suite.set("failures", str(failures))
-    suite.set("errors", "0")
-    suite.set("skipped", str(skipped))
-    root = ET.Element(
-        "testsuites",
-        name="queuechat.compare",
-        tests=str(cases),
-        failures=str(failures),
-        errors="0",
-        skipped=str(skipped),
-    )
-    root.append(suite)
-    return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
+        outcome, said = _judged_case(status, reason, not_comparable=not_comparable)
+        cases.append(Case(classname=classname, name=name, outcome=outcome, system_out=said))
+    return junit_xml_document(Suite(name="queuechat.compare", cases=cases), indent=False)
+
+
+def _judged_case(status: str, reason: str, *, not_comparable: bool) -> tuple[Outcome | None, str | None]:
+    """A judged case's outcome, or (when it held) what it says on its ``system-out``."""
+    if not_comparable:
+        return Outcome(kind="skipped", message="not judged: the runs are not comparable"), None
+    if status == REGRESSION:
+        return Outcome(kind="failure", message=f"regression: {reason}"), None
+    if status == NOT_JUDGED:
+        return Outcome(kind="skipped", message=reason), None
+    return None, f"{status}: {reason}"
 
 
 def format_comparison(comparison: Comparison) -> str:

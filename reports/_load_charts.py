@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
-from reports._hdr import FIGURE_NAMES, Interval, distribution, figures
-from reports._load_run import MESSAGE_ENTRIES, LoadRun, entry_label
+from formats.hlog import MESSAGE_ENTRIES, Interval
+from reports._hdr import FIGURE_NAMES, distribution, figures
+from reports._load_run import LoadRun, entry_label
 from reports._mpl import PERCENTILE_COLOURS, SERIES_COLOURS, new_figure, no_data, png_bytes
 from reports._page import Chart
 

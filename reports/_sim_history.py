@@ -1,54 +1,19 @@
-"""Reading a simulation history (``queuechat-history`` version 1, JSON Lines) in one pass and folding its
-records into what a report needs: the queue as the clinicians saw it, each patient's visit, message,
-erasure, departure, close and fault counts.
+"""Folding a simulation history's records (read by ``formats.history.quick_records``, in one pass) into
+what a report needs: the queue as the clinicians saw it, each patient's visit, message, erasure,
+departure, close and fault counts.
 
-Every record is checked for the fields it must have (a bad line is a :class:`ReportError` naming the file
-and line). ``text`` and ``name`` fields are never kept: a history holds their lengths; strings found there
-anyway are only collected so that nothing quoting them is shown.
+``text`` and ``name`` fields are never kept: a history holds their lengths; strings found there anyway are
+only collected so that nothing quoting them is shown.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
 from collections import Counter, deque
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from ._errors import ReportError
-
-HISTORY_FORMAT = "queuechat-history"
-HISTORY_VERSION = 1
-
-
-class _Record(msgspec.Struct):
-    """One history line after the header; fields not named here are ignored."""
-
-    t: float
-    kind: str
-    agent: str | None = None
-    conn: int | None = None
-    dir: str | None = None
-    frame: dict[str, Any] | None = None
-    role: str | None = None
-    room: str | None = None
-    action: str | None = None
-    code: int | None = None
-    by: str | None = None
-    records: int | None = None
-
-
-_REQUIRED: dict[str, tuple[str, ...]] = {
-    "connect": ("agent", "conn", "role", "room"),
-    "frame": ("agent", "conn", "dir", "frame"),
-    "action": ("agent", "conn", "action"),
-    "close": ("agent", "conn", "code"),
-    "end": (),
-}
+from formats.history import Record
 
 
 @dataclass(frozen=True)
@@ -95,34 +60,6 @@ class QueueSeries:
             if value > best:
                 best, when = value, t
         return best, when
-
-
-def read_header(path: Path, handle: Any) -> dict[str, Any]:
-    first = handle.readline()
-    if not first.strip():
-        raise ReportError(f"{path}: empty file, not a queuechat history")
-    try:
-        header = json.loads(first)
-    except (ValueError, UnicodeDecodeError):
-        raise ReportError(f"{path}:1: not a queuechat history (the first line is not JSON)") from None
-    if not isinstance(header, dict) or header.get("format") != HISTORY_FORMAT:
-        raise ReportError(f'{path}:1: not a queuechat history (no "format": "{HISTORY_FORMAT}" header)')
-    if header.get("version") != HISTORY_VERSION:
-        version = header.get("version")
-        shown = version if isinstance(version, int | float) else "missing or not a number"
-        raise ReportError(f"{path}:1: history format version {shown}; this report reads version "
-                          f"{HISTORY_VERSION}")
-    checks: list[tuple[str, Any]] = [("scenario", str), ("seed", int), ("mode", str), ("rooms", list)]
-    for key, kind in checks:
-        if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
-            raise ReportError(f'{path}:1: the header needs "{key}" ({kind.__name__})')
-    for key in ("duration_ms", "heal_ms", "end_ms", "epoch_ms"):
-        value = header.get(key)
-        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
-            raise ReportError(f'{path}:1: the header\'s "{key}" is not a number')
-    if header.get("limits") is not None and not isinstance(header.get("limits"), dict):
-        raise ReportError(f'{path}:1: the header\'s "limits" is not an object')
-    return header
 
 
 class _Patient:
@@ -213,7 +150,7 @@ class HistoryFold:
 
     # records --------------------------------------------------------------------
 
-    def feed(self, number: int, record: _Record) -> None:
+    def feed(self, number: int, record: Record) -> None:
         t = record.t
         self.last_t = t
         if number in self.wanted:
@@ -357,32 +294,4 @@ class HistoryFold:
                for p in self.patients.values() if p.checkin is not None]
         out.sort(key=lambda v: (v.checkin_ms, v.agent))
         return out
-
-
-def records(path: Path, handle: Any) -> Iterator[tuple[int, _Record]]:
-    decode = msgspec.json.Decoder(_Record).decode
-    number = 1
-    for line in handle:
-        number += 1
-        if not line.strip():
-            continue
-        try:
-            record = decode(line)
-        except msgspec.ValidationError as error:
-            raise ReportError(f"{path}:{number}: a record that does not fit the history format: "
-                              f"{_short(str(error))}") from None
-        except msgspec.DecodeError:
-            if not line.endswith(b"\n"):  # only the last line can lack its newline
-                raise ReportError(f"{path}:{number}: the last line is cut short (the history was truncated "
-                                  "while being written?)") from None
-            raise ReportError(f"{path}:{number}: not a JSON object") from None
-        for name in _REQUIRED.get(record.kind, ()):
-            if getattr(record, name) is None:
-                raise ReportError(f'{path}:{number}: a "{record.kind}" record needs "{name}"')
-        yield number, record
-
-
-def _short(message: str) -> str:
-    """msgspec's own words (field paths and types, never values), on one short line."""
-    return " ".join(message.split())[:160]
 

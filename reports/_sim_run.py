@@ -9,7 +9,6 @@ file) it counts them and withholds any message from the summary that quotes one.
 
 from __future__ import annotations
 
-import json
 import re
 import tomllib
 from collections import Counter
@@ -17,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from formats.history import HistoryError, quick_header, quick_records
+from formats.summary import SummaryError, read_simulation_summary, simulation_summary_path
+
 from ._errors import ReportError
-from ._sim_history import HistoryFold, QueueSeries, Visit, read_header, records
+from ._sim_history import HistoryFold, QueueSeries, Visit
 
 HISTORY_PATTERN = re.compile(r"^(?P<scenario>.+)-seed(?P<seed>-?\d+)\.jsonl$")
-SUMMARY_SUFFIX = ".summary.json"
 # A withheld string shorter than this is not searched for in messages (it would match everywhere).
 _MIN_WITHHELD = 3
 # The simulator's shipped scenarios, installed beside this package (read as files, never imported).
@@ -146,33 +147,11 @@ def find_history(source: Path) -> Path:
     return source
 
 
-def summary_path(history: Path) -> Path:
-    name = history.name[:-len(".jsonl")] if history.name.endswith(".jsonl") else history.stem
-    return history.with_name(name + SUMMARY_SUFFIX)
-
-
-# --------------------------------------------------------------------------- the header and the summary
-
-
 def _read_summary(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise ReportError(f"{path}: cannot read: {error.strerror or error}") from None
-    except (ValueError, UnicodeDecodeError):
-        raise ReportError(f"{path}: not JSON (a simulation summary is a JSON object)") from None
-    if not isinstance(data, dict) or not isinstance(data.get("summary"), dict):
-        raise ReportError(f'{path}: not a simulation summary (no "summary" object)')
-    violations = data.get("violations", [])
-    if not isinstance(violations, list):
-        raise ReportError(f'{path}: "violations" is not a list')
-    for index, item in enumerate(violations):
-        ok = (isinstance(item, dict) and isinstance(item.get("rule"), str)
-              and isinstance(item.get("message"), str) and isinstance(item.get("lines"), list)
-              and all(isinstance(n, int) for n in item["lines"]))
-        if not ok:
-            raise ReportError(f'{path}: violation {index + 1} needs "rule", "message" and "lines"')
-    return data
+        return read_simulation_summary(path)
+    except SummaryError as error:
+        raise ReportError(str(error)) from None
 
 
 def _description(scenario: str) -> tuple[str | None, str | None]:
@@ -215,21 +194,23 @@ def load_run(source: Path) -> SimRun:
     """Read ``source`` (a run folder or its history) and, when present, its summary; ReportError on bad
     input, naming the file and line."""
     history = find_history(source)
-    summary_file = summary_path(history)
+    summary_file = simulation_summary_path(history)
     summary_doc = _read_summary(summary_file) if summary_file.is_file() else None
     raw_violations = summary_doc.get("violations", []) if summary_doc is not None else []
     wanted = {max(item["lines"]) for item in raw_violations if item["lines"]}
     reader = HistoryFold(wanted)
     try:
         with open(history, "rb") as handle:
-            header = read_header(history, handle)
-            for number, record in records(history, handle):
+            header = quick_header(history, handle)
+            for number, record in quick_records(history, handle):
                 try:
                     reader.feed(number, record)
                 except (TypeError, ValueError, AttributeError, KeyError, IndexError) as error:
                     # A frame whose fields have shapes the server never sends (a hand-edited history).
                     raise ReportError(f"{history}: line {number}: a frame field has an unexpected type "
                                       f"({type(error).__name__})") from None
+    except HistoryError as error:
+        raise ReportError(str(error)) from None
     except OSError as error:
         raise ReportError(f"{history}: cannot read: {error.strerror or error}") from None
     try:
@@ -294,8 +275,9 @@ def _assemble(history: Path, summary_file: Path | None, header: dict[str, Any],
     violations: tuple[Violation, ...] | None = None
     complete = reader.end_records is not None
     if summary_doc is None:
-        notes.append(f"No summary file ({summary_path(history).name}) beside the history: the rules were not "
-                     "checked, and every number here was counted from the history.")
+        expected = simulation_summary_path(history).name
+        notes.append(f"No summary file ({expected}) beside the history: the rules were not checked, and "
+                     "every number here was counted from the history.")
     else:
         violations = tuple(
             Violation(str(item["rule"]), safe(item["message"]) or "", safe(item.get("room")),

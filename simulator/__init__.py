@@ -6,10 +6,11 @@ imports the reference server only to run it in-process
 independent reading of the contract.
 """
 
+from formats.history import FORMAT as HISTORY_FORMAT
+from formats.history import VERSION as HISTORY_VERSION
+from formats.history import HistoryError, HistoryWriter, read_history, read_lines, redacted
+
 from ._checker import MAX_SHOWN_PER_RULE, Checker, Summary, Violation
-from ._history import FORMAT as HISTORY_FORMAT
-from ._history import VERSION as HISTORY_VERSION
-from ._history import HistoryError, HistoryWriter, read_history, read_lines, redacted
 from ._run import RunResult, check_history, history_name, parse_url, run_in_process, run_over_sockets
 from ._scenario import SCENARIO_DIR, Dist, Scenario, ScenarioError, parse_duration, resolve
 from ._scenario import load as load_scenario

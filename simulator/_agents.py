@@ -29,9 +29,9 @@ from typing import Any, Final
 import trio
 import trio.testing
 
+from formats.history import HistoryWriter, frame_record
 from reference_server.protocol import WS_PATH, clinician_token
 
-from ._history import HistoryWriter, frame_record
 from ._scenario import Dist, Scenario
 from ._transport import (
     ClientConnection,

@@ -13,6 +13,7 @@ from typing import Any
 import trio
 import trio.testing
 
+from formats.history import HistoryWriter, read_history
 from reference_server.protocol import (
     DEVELOPMENT_SECRET,
     WS_PATH,
@@ -24,7 +25,6 @@ from reference_server.protocol import (
 
 from ._agents import VIRTUAL_EPOCH_S, Conn, JumpingClock, Network, World, population, seeded_patient_ids
 from ._checker import Checker, Summary, Violation
-from ._history import HistoryWriter, read_history
 from ._scenario import Scenario, pace
 from ._transport import MemoryNetwork, OpenClient
 

@@ -66,8 +66,24 @@ def test_load_tests_import_neither_trio_nor_the_server_shell() -> None:
     assert loaded.isdisjoint({"reference_server.server", "reference_server._shell"})
 
 
+OUR_PACKAGES = ("reference_server", "simulator", "loadtests", "reports", "conformance", "queuechat", "tests",
+                "benchmarks")
+
+
+@pytest.mark.parametrize("module", ["formats.history", "formats.hlog", "formats.timeline", "formats.summary",
+                                    "formats.junit"])
+def test_file_formats_import_no_framework_no_matplotlib_and_none_of_our_packages(module: str) -> None:
+    """STYLE.md: a file format is read and written by several packages, so it imports none of them (the
+    reports can read what the simulator and the load tests wrote without importing either)."""
+    loaded = modules_after_import(module)
+    assert module in loaded  # the import did happen
+    forbidden = {*FRAMEWORKS, "locust", "matplotlib", *OUR_PACKAGES}
+    assert loaded.isdisjoint(forbidden), sorted(loaded & forbidden)
+
+
 def test_reports_read_files_and_import_none_of_the_packages_that_write_them() -> None:
-    """STYLE.md: reports may use files written by the others and matplotlib, nothing of theirs."""
+    """STYLE.md: reports may use the file formats (to read what the others wrote) and matplotlib,
+    nothing else of theirs."""
     code = (
         "import json, sys\n"
         "import reports, reports._sim_report, reports._compare, reports._load_report\n"
@@ -78,7 +94,7 @@ def test_reports_read_files_and_import_none_of_the_packages_that_write_them() ->
                           check=False)
     assert done.returncode == 0, done.stderr
     loaded = set(json.loads(done.stdout))
-    assert {"reports", "matplotlib"} <= loaded  # positive control: it did import and draw
+    assert {"reports", "matplotlib", "formats"} <= loaded  # positive control: it did import and draw
     forbidden = {*FRAMEWORKS, "locust", "simulator", "loadtests", "reference_server", "conformance",
                  "queuechat"}
     assert loaded.isdisjoint(forbidden), sorted(loaded & forbidden)
@@ -120,7 +136,8 @@ def test_the_wheel_ships_every_package_and_the_files_they_read(tmp_path: Path) -
     shipped = {f"simulator/scenarios/{p.name}" for p in (root / "simulator" / "scenarios").glob("*.toml")}
     assert "simulator/scenarios/demo.toml" in shipped and shipped <= names
     assert "loadtests/slo.toml" in names and "loadtests/locustfile.py" in names
-    for package in ("reference_server", "queuechat", "loadtests", "conformance", "simulator", "reports"):
+    for package in ("reference_server", "queuechat", "loadtests", "conformance", "simulator", "reports",
+                    "formats"):
         assert f"{package}/__init__.py" in names, package
 
 

@@ -29,7 +29,7 @@ from typing import IO, Any
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type information
 
-from loadtests._hdr import LATENCY_ENTRIES, MESSAGE_ENTRIES
+from formats.hlog import LATENCY_ENTRIES, MESSAGE_ENTRIES
 from queuechat.children import die_with_parent
 from reports import write_load_report
 from tests.reports_html import read_page

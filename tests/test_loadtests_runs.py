@@ -34,14 +34,15 @@ import pytest
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 from hdrh.log import HistogramLogReader  # type: ignore[import-untyped]
 
-from loadtests._hdr import (
+from formats.hlog import (
     LATENCY_ENTRIES,
     MESSAGE_ENTRIES,
-    TIMELINE_HEADER,
     decode,
     new_histogram,
-    percentiles,
+    read_interval_log,
+    value_at_percentiles,
 )
+from formats.timeline import TIMELINE_HEADER
 from loadtests._meta import REFERENCE_SERVER
 from loadtests._settings import PATIENT_NAME, TEXT_MARK
 from queuechat.children import die_with_parent
@@ -100,13 +101,10 @@ def check_timeline(out: Path, summary: dict[str, Any]) -> list[dict[str, float]]
     assert len(rows) >= 2
     assert all(abs(b - a - interval) < 0.0015 for a, b in itertools.pairwise(starts)), starts
     assert all(row["length_s"] == interval for row in rows[:-1]) and 0 < rows[-1]["length_s"] <= interval
-    hlog_starts = set()
-    base = 0.0
-    for line in (out / "latency.hlog").read_text().splitlines():
-        if line.startswith("#[BaseTime: "):
-            base = float(line.split()[1])
-        elif line.startswith("Tag="):
-            hlog_starts.add(round(base + float(line.split(",")[1]), 3))
+    log = read_interval_log(out / "latency.hlog")
+    base = log.base_epoch_s
+    assert base is not None
+    hlog_starts = {round(base + i.start_s, 3) for intervals in log.tags.values() for i in intervals}
     assert hlog_starts <= {round(start, 3) for start in starts}
     assert sum(row["errors"] for row in rows) == summary["errors"]["total"]
     assert sum(row["disconnects"] for row in rows) == summary["disconnects"]["count"]
@@ -170,7 +168,7 @@ def test_the_masters_counts_are_the_workers_sums_and_its_percentiles_those_of_th
         for part in parts:
             combined.add(decode(part["hist"]))
         assert combined.get_total_count() == entries[name]["count"]
-        expected = {f"p{p:g}": v for p, v in percentiles(combined, wanted).items()}
+        expected = {f"p{p:g}": v for p, v in zip(wanted, value_at_percentiles(combined, wanted), strict=True)}
         assert {key: entries[name]["latency_us"][key] for key in expected} == expected, name
         assert entries[name]["latency_us"]["max"] == combined.get_max_value()
 

@@ -21,23 +21,18 @@ from click.testing import CliRunner
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 from hdrh.log import HistogramLogReader  # type: ignore[import-untyped]
 
-from loadtests._cpu import CpuSampler, assess
-from loadtests._hdr import (
+from formats.hlog import (
     CHECK_IN,
     CLINICIAN_TO_PATIENT,
-    CONNECTIONS,
     PATIENT_TO_CLINICIAN,
-    TIMELINE_HEADER,
-    USERS,
-    Collector,
-    Recorder,
     decode,
-    mean_and_stddev,
     new_histogram,
-    percentiles,
-    reset,
-    summarize,
+    read_interval_log,
+    value_at_percentiles,
 )
+from formats.timeline import CONNECTIONS, TIMELINE_HEADER, USERS
+from loadtests._cpu import CpuSampler, assess
+from loadtests._hdr import Collector, Recorder, mean_and_stddev, reset, summarize
 from loadtests._meta import environment, git_state
 from loadtests._report import EXIT_INVALID, EXIT_PASS, EXIT_SLO_BREACH, build, format_summary, write
 from loadtests._settings import PATIENT_NAME, TEXT_MARK, Settings, user_random
@@ -155,9 +150,9 @@ def test_fast_statistics_equal_hdrhistograms_own() -> None:
     assert mean == pytest.approx(histogram.get_mean_value())
     assert stddev == pytest.approx(histogram.get_stddev())
     wanted = (0.0, 25.0, 50.0, 90.0, 99.0, 99.9, 100.0)
-    assert percentiles(histogram, wanted) == {p: histogram.get_value_at_percentile(p) for p in wanted}
+    assert value_at_percentiles(histogram, wanted) == [histogram.get_value_at_percentile(p) for p in wanted]
     decoded = decode(histogram.encode())
-    assert percentiles(decoded, wanted) == percentiles(histogram, wanted)
+    assert value_at_percentiles(decoded, wanted) == value_at_percentiles(histogram, wanted)
     reset(histogram)
     assert histogram.get_total_count() == 0 and sum(histogram.counts) == 0 and histogram.get_max_value() == 0
 
@@ -214,7 +209,7 @@ def test_merging_is_lossless_counts_and_percentiles_equal_one_histogram_of_every
     assert uncorrected is not None
     assert merged.get_total_count() == everything.get_total_count()
     wanted = (50.0, 90.0, 99.0, 99.9, 100.0)
-    assert percentiles(merged, wanted) == percentiles(everything, wanted)
+    assert value_at_percentiles(merged, wanted) == value_at_percentiles(everything, wanted)
     assert summarize(merged) == summarize(everything)
     assert collector.inconsistent_sources() == []
 
@@ -349,13 +344,10 @@ def test_the_timeline_csv_sums_to_the_summarys_errors_and_disconnects(tmp_path: 
 def test_the_timeline_covers_every_interval_of_the_interval_log(tmp_path: Path) -> None:
     collector, _, _ = _run_recorders(seed=11, sources=2)
     collector.write_hlog(tmp_path / "latency.hlog", start_time_s=2_000_000.0)
-    hlog_starts = set()
-    base = 0.0
-    for line in (tmp_path / "latency.hlog").read_text().splitlines():
-        if line.startswith("#[BaseTime: "):
-            base = float(line.split()[1])
-        elif line.startswith("Tag="):
-            hlog_starts.add(round(base + float(line.split(",")[1]), 3))
+    log = read_interval_log(tmp_path / "latency.hlog")
+    base = log.base_epoch_s
+    assert base is not None
+    hlog_starts = {round(base + i.start_s, 3) for intervals in log.tags.values() for i in intervals}
     starts = [row["start"] for row in collector.timeline()]
     assert starts == [starts[0] + i for i in range(len(starts))]  # every interval, first to last
     assert hlog_starts <= {round(start, 3) for start in starts}

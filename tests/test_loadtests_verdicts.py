@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from loadtests._hdr import PATIENT_TO_CLINICIAN, USERS, Collector, Recorder
+from formats.hlog import PATIENT_TO_CLINICIAN
+from formats.timeline import USERS
+from loadtests._hdr import Collector, Recorder
 from loadtests._report import (
     EXIT_INVALID,
     EXIT_PASS,

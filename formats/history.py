@@ -16,7 +16,7 @@ then one record per line, in time order::
 and a last line ``{"t": ..., "kind": "end", "records": N}``. ``t`` is the
 run's time in milliseconds (virtual in-process, real over sockets) since
 the run started; ``frame`` is the frame as sent or received with every
-``text`` and ``name`` replaced by its length (``reference_server.protocol.redact``):
+``text`` and ``name`` replaced by its length (as ``reference_server.protocol.redact`` does):
 ids, sizes, codes and times only, never text or names (R13). One exception in
 shape: the ``messages`` of an ``open_chat`` ok are summarized as
 ``{"count": N, "ids": [[first, last], ...], "patients": [...]}`` (id ranges),
@@ -25,18 +25,22 @@ since each ``open_chat`` returns a whole conversation again.
 Determinism: records of one instant are written sorted by (agent,
 connection, the connection's own order), so the order in which Trio happened
 to wake the connections' tasks within an instant never reaches the file.
+
+Two readers: :func:`read_history` checks every field of every record, the time order and the end
+record's count (the checker judges a run from it); :func:`quick_header` and :func:`quick_records` decode
+each record into a typed :class:`Record` with msgspec and check only the fields each kind needs, for
+readers that fold a long history in one pass (the reports).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Final, TypeGuard
 
 import msgspec
-
-from reference_server.protocol import redact
 
 FORMAT: Final = "queuechat-history"
 VERSION: Final = 1
@@ -149,16 +153,28 @@ def summarize_messages(messages: list[Any]) -> dict[str, Any]:
     return {"count": len(messages), "ids": ranges, "patients": patients}
 
 
+def _lengths(value: Any) -> Any:
+    """Every ``text`` and ``name`` string, at any depth, replaced by its length (R13); the same rule as
+    ``reference_server.protocol.redact`` (a test compares them), kept here so that this module imports
+    nothing of the server."""
+    if isinstance(value, dict):
+        return {key: len(item) if key in ("text", "name") and isinstance(item, str) else _lengths(item)
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [_lengths(item) for item in value]
+    return value
+
+
 def redacted(frame: dict[str, Any]) -> dict[str, Any]:
-    """``frame`` fit to save, as ``reference_server.protocol.redact`` makes it (every ``text`` and ``name``
-    string replaced by its length), with a shortcut for flat frames, the common case, and an
-    ``open_chat`` ok's messages summarized (:func:`summarize_messages`)."""
+    """``frame`` fit to save (every ``text`` and ``name`` string replaced by its length), with a shortcut
+    for flat frames, the common case, and an ``open_chat`` ok's messages summarized
+    (:func:`summarize_messages`)."""
     for value in frame.values():
         if type(value) is dict or type(value) is list:
             messages = frame.get("messages")
             if frame.get("type") == "ok" and type(messages) is list:
                 frame = {**frame, "messages": summarize_messages(messages)}
-            return dict(redact(frame))
+            return dict(_lengths(frame))
     text = frame.get("text")
     name = frame.get("name")
     if type(text) is not str and type(name) is not str:
@@ -343,3 +359,94 @@ def read_lines(path: Path, numbers: set[int]) -> dict[int, str]:
             if number >= last:
                 break
     return out
+
+
+# --------------------------------------------------------------------------- the quick reader
+
+
+class Record(msgspec.Struct):
+    """One history line after the header, as :func:`quick_records` decodes it; fields not named here are
+    ignored."""
+
+    t: float
+    kind: str
+    agent: str | None = None
+    conn: int | None = None
+    dir: str | None = None
+    frame: dict[str, Any] | None = None
+    role: str | None = None
+    room: str | None = None
+    action: str | None = None
+    code: int | None = None
+    by: str | None = None
+    records: int | None = None
+
+
+# The fields a quick reader relies on, per kind.
+_QUICK_NEEDS: Final[dict[str, tuple[str, ...]]] = {
+    "connect": ("agent", "conn", "role", "room"),
+    "frame": ("agent", "conn", "dir", "frame"),
+    "action": ("agent", "conn", "action"),
+    "close": ("agent", "conn", "code"),
+    "end": (),
+}
+
+
+def quick_header(path: Path, handle: IO[bytes]) -> dict[str, Any]:
+    """The header, read from the first line of ``handle`` (opened in binary on ``path``), with the fields
+    every reader relies on checked; HistoryError names the field."""
+    first = handle.readline()
+    if not first.strip():
+        raise HistoryError(f"{path}: empty file, not a queuechat history")
+    try:
+        header = json.loads(first)
+    except (ValueError, UnicodeDecodeError):
+        raise HistoryError(f"{path}:1: not a queuechat history (the first line is not JSON)") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise HistoryError(f'{path}:1: not a queuechat history (no "format": "{FORMAT}" header)')
+    if header.get("version") != VERSION:
+        version = header.get("version")
+        shown = version if isinstance(version, int | float) else "missing or not a number"
+        raise HistoryError(f"{path}:1: history format version {shown}; this report reads version {VERSION}")
+    checks: list[tuple[str, Any]] = [("scenario", str), ("seed", int), ("mode", str), ("rooms", list)]
+    for key, kind in checks:
+        if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
+            raise HistoryError(f'{path}:1: the header needs "{key}" ({kind.__name__})')
+    for key in ("duration_ms", "heal_ms", "end_ms", "epoch_ms"):
+        value = header.get(key)
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise HistoryError(f'{path}:1: the header\'s "{key}" is not a number')
+    if header.get("limits") is not None and not isinstance(header.get("limits"), dict):
+        raise HistoryError(f'{path}:1: the header\'s "limits" is not an object')
+    return header
+
+
+def quick_records(path: Path, handle: IO[bytes]) -> Iterator[tuple[int, Record]]:
+    """(line number, record) for each line after the header (:func:`quick_header` read it), each decoded
+    into a :class:`Record` and checked for the fields its kind needs; HistoryError names the line. Time
+    order and the end record's count are left to the caller."""
+    decode = msgspec.json.Decoder(Record).decode
+    number = 1
+    for line in handle:
+        number += 1
+        if not line.strip():
+            continue
+        try:
+            record = decode(line)
+        except msgspec.ValidationError as error:
+            raise HistoryError(f"{path}:{number}: a record that does not fit the history format: "
+                               f"{_short(str(error))}") from None
+        except msgspec.DecodeError:
+            if not line.endswith(b"\n"):  # only the last line can lack its newline
+                raise HistoryError(f"{path}:{number}: the last line is cut short (the history was truncated "
+                                   "while being written?)") from None
+            raise HistoryError(f"{path}:{number}: not a JSON object") from None
+        for name in _QUICK_NEEDS.get(record.kind, ()):
+            if getattr(record, name) is None:
+                raise HistoryError(f'{path}:{number}: a "{record.kind}" record needs "{name}"')
+        yield number, record
+
+
+def _short(message: str) -> str:
+    """msgspec's own words (field paths and types, never values), on one short line."""
+    return " ".join(message.split())[:160]
