@@ -265,7 +265,8 @@ class ServerWebSocket(WebSocketConnection):
         elif kind is Pong:
             await self._handle_pong_event(event)  # type: ignore[arg-type]
         elif kind is CloseConnection:
-            await self.wait_to_end()
+            if self._wsproto.state is not ConnectionState.CLOSED:
+                await self.wait_to_end()  # the peer ends it (the reply to our own close is not held)
             await self._handle_close_connection_event(event)  # type: ignore[arg-type]
         elif kind is Request:
             await self._handle_request_event(event)  # type: ignore[arg-type]
