@@ -96,7 +96,15 @@ class Close(NamedTuple):
     reason: str
 
 
-Effect = Send | Close
+class PositionsChanged(NamedTuple):
+    """Waiting patients' places in ``room`` changed: :meth:`QueueChatModel.pending_positions` gives
+    the pushes. One effect, not one ``position`` per patient behind the change (R30, coalesced:
+    docs/protocol.md Choice 24): the shell asks for them once per scheduler round and room."""
+
+    room: str
+
+
+Effect = Send | Close | PositionsChanged
 
 
 class _Patient:
@@ -109,6 +117,7 @@ class _Patient:
         "name",
         "next_id",
         "state",
+        "told_position",
         "total",
         "unread",
     )
@@ -125,6 +134,7 @@ class _Patient:
         self.total = 0
         self.next_id = 1
         self.clinician_wrote = False
+        self.told_position = 0  # the place this patient was last told (welcome or position push)
 
     def erase(self) -> None:
         self.messages.clear()
@@ -141,6 +151,7 @@ class _Room:
         "departed",
         "patient_initiated_chat",
         "patients",
+        "positions_stale",
         "slug",
     )
 
@@ -154,20 +165,13 @@ class _Room:
         self.chat_notifications = True
         self.patient_initiated_chat = True
         self.departed: OrderedDict[str, None] = OrderedDict()
+        # Some waiting patient's place may differ from what it was last told (R30).
+        self.positions_stale = False
 
     def provider_status(self) -> str:
         if self.clinician is None:
             return "away"
         return "on_call" if self.call is not None else "online"
-
-    def position_of(self, patient: _Patient) -> int:
-        position = 0
-        for other in self.patients.values():
-            if other.state == WAITING:
-                position += 1
-            if other is patient:
-                return position
-        raise KeyError(patient.id)
 
     def waiting_count(self) -> int:
         return sum(1 for p in self.patients.values() if p.state == WAITING)
@@ -247,6 +251,9 @@ class QueueChatModel:
         if session.role is None:
             self._hello(session, raw, now, out)
             return out
+        room = session.room
+        if session.patient is not None and room is not None and room.positions_stale:
+            self._settle_positions(room, out)  # a pending place goes before the answer (Choice 24)
         try:
             obj = parse_object(raw)
         except ProtocolError as error:
@@ -294,6 +301,15 @@ class QueueChatModel:
         elif session.role == "clinician" and room.clinician == conn:
             self._clinician_ends(room, None, out)
         self._maybe_idle(room)
+        return out
+
+    def pending_positions(self, room_slug: str) -> list[Effect]:
+        """The ``position`` pushes a :class:`PositionsChanged` announced: one per waiting patient
+        whose place differs from what it was last told, with its current place (R30)."""
+        out: list[Effect] = []
+        room = self._rooms.get(room_slug)
+        if room is not None:
+            self._settle_positions(room, out)
         return out
 
     def is_welcomed(self, conn: int) -> bool:
@@ -347,6 +363,7 @@ class QueueChatModel:
             del self._rooms[room.slug]
             room.departed.clear()
             room.box_state, room.box_patient = "closed", None
+            room.positions_stale = False
             self._idle_rooms[room.slug] = room
             if len(self._idle_rooms) > MAX_IDLE_ROOMS:
                 self._idle_rooms.popitem(last=False)
@@ -398,6 +415,7 @@ class QueueChatModel:
         room.patients[patient_id] = patient
         session.role, session.room, session.patient = "patient", room, patient
         position = room.waiting_count()
+        patient.told_position = position
         out.append(Send(session.conn, PatientWelcome(
             ref=_opt(ref),
             patient=patient_id,
@@ -477,6 +495,7 @@ class QueueChatModel:
         ))
         patient.total += 1
         assert patient.conn is not None
+        self._settle_positions(room, out)  # the patient's pending place goes first (Choice 24)
         out.append(Send(patient.conn, Message(
             patient=patient.id, id=message_id, from_="clinician", text=request.text, ts=ts,
             client_ts=request.client_ts,
@@ -546,6 +565,7 @@ class QueueChatModel:
         if room.patient_initiated_chat != request.patient_initiated_chat:
             room.patient_initiated_chat = request.patient_initiated_chat
             frame = RoomSettings(patient_initiated_chat=request.patient_initiated_chat)
+            self._settle_positions(room, out)
             for patient in room.patients.values():
                 assert patient.conn is not None
                 out.append(Send(patient.conn, frame))
@@ -559,8 +579,8 @@ class QueueChatModel:
         patient = self._present_patient(room, request.patient)
         if room.call is not None:
             raise _fail(ErrorCode.CALL_IN_PROGRESS, "a call is already in progress")
+        self._settle_positions(room, out)  # places from before the call go before its frames (§5)
         status_before = room.provider_status()
-        position = room.position_of(patient)
         patient.state = IN_CALL
         room.call = patient
         shown = room.box_patient
@@ -569,7 +589,7 @@ class QueueChatModel:
         assert patient.conn is not None
         out.append(Send(patient.conn, Call(state="started")))
         self._push_status_change(room, status_before, out)
-        self._push_positions_from(room, position, out)
+        self._positions_moved(room, out)
         out.append(Send(session.conn, Ok(ref=_opt(ref))))
 
     def _end_call(
@@ -606,7 +626,7 @@ class QueueChatModel:
     def _depart(self, room: _Room, patient: _Patient, reason: str, out: list[Effect]) -> None:
         """A present patient departs (R9, R11): badge gone, conversation kept only if in the box."""
         status_before = room.provider_status()
-        position = room.position_of(patient) if patient.state == WAITING else None
+        was_waiting = patient.state == WAITING
         del room.patients[patient.id]
         patient.state, patient.conn, patient.unread = DEPARTED, None, 0
         if room.call is patient:
@@ -626,8 +646,8 @@ class QueueChatModel:
             if clinician is not None:
                 out.append(Send(clinician, Erased(patient=patient.id, reason="not_in_view")))
         self._push_status_change(room, status_before, out)
-        if position is not None:
-            self._push_positions_from(room, position, out)
+        if was_waiting and room.patients:
+            self._positions_moved(room, out)
 
     def _erase_shown(self, room: _Room, reason: str, out: list[Effect]) -> None:
         """Erase the departed conversation the box shows; the box closes (R11)."""
@@ -662,20 +682,33 @@ class QueueChatModel:
         after = room.provider_status()
         if after != before:
             frame = ProviderStatus(status=after)  # type: ignore[arg-type]
+            self._settle_positions(room, out)
             for patient in room.patients.values():
                 assert patient.conn is not None
                 out.append(Send(patient.conn, frame))
 
-    def _push_positions_from(self, room: _Room, removed_position: int, out: list[Effect]) -> None:
-        """Waiting patients behind a removed place each moved up by one."""
+    def _positions_moved(self, room: _Room, out: list[Effect]) -> None:
+        """Waiting patients behind a removed place moved up: one effect for all of them, however
+        many (a departure near the head of a 500-patient room is not 499 effects)."""
+        if not room.positions_stale:
+            room.positions_stale = True
+            out.append(PositionsChanged(room.slug))
+
+    def _settle_positions(self, room: _Room, out: list[Effect]) -> None:
+        """Push each waiting patient's place where it differs from what it was last told. Called by
+        :meth:`pending_positions`, and before any other frame to a patient of a stale room, so that a
+        ``position`` is never older than a frame sent after it (Choice 24)."""
+        if not room.positions_stale:
+            return
+        room.positions_stale = False
         position = 0
         for patient in room.patients.values():
             if patient.state == WAITING:
                 position += 1
-                if position >= removed_position:
+                if patient.told_position != position:
+                    patient.told_position = position
                     assert patient.conn is not None
                     out.append(Send(patient.conn, Position(position=position)))
-
 
 def _opt(ref: str | None) -> Any:
     return UNSET if ref is None else ref

@@ -8,8 +8,9 @@ other connections' by one flusher task per server, once per scheduler round; a
 writer task is started for a connection only while its socket is full or it is
 closing, and drains its bounded outbound queue (R42). One timer task per server
 keeps every hello deadline, heartbeat and liveness deadline (R45) in a heap.
-``position`` pushes are coalesced and spread over scheduler rounds (see
-docs/protocol.md, Choices). Shutdown (R46) closes every connection with 1001,
+``position`` pushes are coalesced and spread over scheduler rounds: a departure is one
+effect, which the flusher expands once per round and room (see docs/protocol.md,
+Choices, and docs/server-internals.md). Shutdown (R46) closes every connection with 1001,
 waits at most ``close_timeout_s``, then cancels what is left.
 """
 
@@ -30,7 +31,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest
 
 from ._codec import encode_bytes
-from ._domain import Close, Effect, QueueChatModel, Send
+from ._domain import Close, Effect, PositionsChanged, QueueChatModel, Send
 from ._frames import WS_PATH, ClinicianWelcome, CloseCode, Erased, Error, ErrorCode, PatientWelcome, Position
 from ._gcpolicy import GcPolicy
 from ._limits import Limits
@@ -104,6 +105,8 @@ _HELLO, _PING, _LIVE = 0, 1, 2
 _POSITIONS_PER_ROUND = 64
 # New connections let into their HTTP handshake per scheduler round (the rest wait their turn).
 _HANDSHAKES_PER_ROUND = 16
+# Connections the peer ended, let into their close (answer, model, socket) per scheduler round.
+_ENDS_PER_ROUND = 16
 
 
 class _Connection:
@@ -255,13 +258,18 @@ class QueueChatServer:
         # The timer task's heap of (deadline, connection id, kind), and what wakes it early.
         self._timers: list[tuple[float, int, int]] = []
         self._timer_lot = trio.lowlevel.ParkingLot()
-        # The flusher task's work: connections with frames to write, positions to queue.
+        # The flusher task's work: connections with frames to write, rooms whose positions changed
+        # (slugs, in order; expanded once per round), positions to queue.
         self._dirty: list[_Connection] = []
+        self._position_rooms: dict[str, None] = {}
         self._positions: deque[_Connection] = deque()
         self._flush_lot = trio.lowlevel.ParkingLot()
-        # New connections waiting for their turn to handshake, and what wakes the admitter.
+        # New connections waiting for their turn to handshake, ended ones for their turn to close,
+        # and what wakes the admitter.
         self._admission = trio.lowlevel.ParkingLot()
+        self._ends = trio.lowlevel.ParkingLot()
         self._admitter_lot = trio.lowlevel.ParkingLot()
+        self._wait_to_end = self._wait_for_end_turn  # one bound method shared by every connection
         self._pings = itertools.count(1)
         self._nursery: trio.Nursery | None = None  # while serving: connections' tasks and writers
 
@@ -344,6 +352,7 @@ class QueueChatServer:
 
         async def handle_connection(stream: trio.abc.Stream) -> None:
             try:
+                await self._wait_for_turn()
                 # A browser's plain GET of the console or the patient page (_pages.py); every
                 # other request, the WebSocket endpoint's above all, goes on to its handshake.
                 if await serve_page_if_asked(stream, self.limits.hello_timeout_s or 60.0):
@@ -392,11 +401,11 @@ class QueueChatServer:
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         """One TCP connection's only task: the HTTP handshake, then the connection's frames."""
         ws = ServerWebSocket(stream, max_message_size=self.limits.max_frame_bytes)
+        ws.wait_to_end = self._wait_to_end
         try:
             # A peer that never sends its HTTP request is closed after the hello timeout.
             arrived = False
             with trio.move_on_after(self.limits.hello_timeout_s or 60.0):
-                await self._wait_for_turn()
                 arrived = await ws.read_request()
             if arrived:
                 await self._handle_request(ws.take_request())
@@ -460,17 +469,27 @@ class QueueChatServer:
             )
 
     async def _wait_for_turn(self) -> None:
-        """A new connection waits here for its turn to handshake: at most _HANDSHAKES_PER_ROUND a
-        scheduler round, so that 2,000 connections arriving at once do not put 2,000 handshakes
-        in one round ahead of everyone else's messages."""
+        """A new connection waits here for its turn to read its request (a page's or the HTTP
+        upgrade) and handshake: at most _HANDSHAKES_PER_ROUND a scheduler round, so that 2,000
+        connections arriving at once do not put 2,000 reads and handshakes in one round ahead of
+        everyone else's messages. It waits before its first read: a connection waiting for its
+        request would otherwise be woken with all the others when the requests arrive."""
         self._admitter_lot.unpark()
         await self._admission.park()
 
+    async def _wait_for_end_turn(self) -> None:
+        """A connection its peer ended waits here for its turn to close: at most _ENDS_PER_ROUND a
+        scheduler round, so that 2,000 peers leaving at once do not put 2,000 closes (close
+        frames, model departures, socket closes) in one round ahead of everyone else's messages."""
+        self._admitter_lot.unpark()
+        await self._ends.park()
+
     async def _admit_forever(self) -> None:
         while True:
-            if not self._admission:
+            if not self._admission and not self._ends:
                 await self._admitter_lot.park()
             self._admission.unpark(count=_HANDSHAKES_PER_ROUND)
+            self._ends.unpark(count=_ENDS_PER_ROUND)
             await trio.lowlevel.checkpoint()
 
     def _receive(self, conn: _Connection, raw: str | bytes) -> None:
@@ -496,12 +515,15 @@ class QueueChatServer:
         finally:
             if requester is not None and requester.dirty:
                 requester.flush(self._counters)
-            if self._dirty or self._positions:
+            if self._dirty or self._positions or self._position_rooms:
                 self._flush_lot.unpark()
 
     def _queue_effects(self, effects: list[Effect]) -> None:
         connections, counters = self._connections, self._counters
         for effect in effects:
+            if isinstance(effect, PositionsChanged):
+                self._position_rooms[effect.room] = None  # expanded by the flusher
+                continue
             conn = connections.get(effect.conn)
             if conn is None:
                 continue
@@ -541,11 +563,14 @@ class QueueChatServer:
 
     async def _flush_forever(self) -> None:
         """The server's one flusher: writes what causes queued for connections other than their
-        requester, and queues coalesced positions a slice per scheduler round."""
+        requester, expands the rooms whose positions changed (once per round, however many
+        departures), and queues coalesced positions a slice per scheduler round."""
         while True:
             await self._flush_lot.park()
             while True:
                 self._flush_dirty()
+                if self._position_rooms:
+                    self._expand_positions()
                 if not self._positions:
                     break
                 self._queue_positions(_POSITIONS_PER_ROUND)
@@ -559,6 +584,14 @@ class QueueChatServer:
         for conn in dirty:
             conn.dirty = False
             conn.flush(counters)
+
+    def _expand_positions(self) -> None:
+        """Each changed room's pushes, as pending positions (a later frame to the patient, or the
+        slices below, send them); the model has marked them told."""
+        rooms, self._position_rooms = self._position_rooms, {}
+        model = self._model
+        for room in rooms:
+            self._queue_effects(model.pending_positions(room))
 
     def _queue_positions(self, n: int) -> None:
         positions = self._positions

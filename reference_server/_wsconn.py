@@ -17,7 +17,7 @@ what each is relied on for.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -138,6 +138,10 @@ def _ignore(_: Any = None) -> None:
     """The sink before the shell sets its own (no message can arrive before the handshake)."""
 
 
+async def _no_wait() -> None:
+    """Ending at once: the default of ``wait_to_end`` (the shell sets its own)."""
+
+
 class ServerWebSocket(WebSocketConnection):
     """A connection this server accepted: read by the connection's own task, no reader task.
 
@@ -152,6 +156,9 @@ class ServerWebSocket(WebSocketConnection):
         self._stream_lock = self._lock  # type: ignore[assignment]
         self.on_message: Callable[[str | bytes], None] = _ignore
         self.on_pong: Callable[[], None] = _ignore
+        # Awaited when the peer ends the connection (its close frame, EOF or a reset), before the
+        # close is answered: the shell lets a few connection ends run per scheduler round.
+        self.wait_to_end: Callable[[], Awaitable[None]] = _no_wait
         self.request: WebSocketRequest | None = None
         self._connection_proposal = None  # the library's hand-over to its handler task: not used
 
@@ -209,10 +216,12 @@ class ServerWebSocket(WebSocketConnection):
             try:
                 data = await self._stream.receive_some(self._receive_buffer_size)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.wait_to_end()
                 await self._abort_web_socket()
                 break
             if not data:
                 if self._wsproto.state != ConnectionState.CLOSED:
+                    await self.wait_to_end()
                     await self._abort_web_socket()  # TCP closed before the WebSocket: abnormal
                 break
             if self._wsproto.state != ConnectionState.CLOSED:
@@ -233,6 +242,8 @@ class ServerWebSocket(WebSocketConnection):
         elif kind is Pong:
             await self._handle_pong_event(event)  # type: ignore[arg-type]
         elif kind is CloseConnection:
+            if self._wsproto.state is not ConnectionState.CLOSED:
+                await self.wait_to_end()  # the peer ends it (the reply to our own close is not held)
             await self._handle_close_connection_event(event)  # type: ignore[arg-type]
         elif kind is Request:
             await self._handle_request_event(event)  # type: ignore[arg-type]

@@ -1,5 +1,21 @@
 """The pure domain model: rooms, queue, calls, chat box, badges, notifications, erasure."""
 
-from ._domain import MAX_DEPARTED_IDS_PER_ROOM, MAX_IDLE_ROOMS, Close, Effect, QueueChatModel, Send
+from ._domain import (
+    MAX_DEPARTED_IDS_PER_ROOM,
+    MAX_IDLE_ROOMS,
+    Close,
+    Effect,
+    PositionsChanged,
+    QueueChatModel,
+    Send,
+)
 
-__all__ = ["MAX_DEPARTED_IDS_PER_ROOM", "MAX_IDLE_ROOMS", "Close", "Effect", "QueueChatModel", "Send"]
+__all__ = [
+    "MAX_DEPARTED_IDS_PER_ROOM",
+    "MAX_IDLE_ROOMS",
+    "Close",
+    "Effect",
+    "PositionsChanged",
+    "QueueChatModel",
+    "Send",
+]

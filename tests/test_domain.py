@@ -21,7 +21,7 @@ import pytest
 
 from reference_server import _domain
 from reference_server._codec import encode
-from reference_server.domain import Close, QueueChatModel, Send
+from reference_server.domain import Close, Effect, PositionsChanged, QueueChatModel, Send
 from reference_server.protocol import Limits, clinician_token
 
 SECRET = "domain-test-secret"
@@ -71,9 +71,18 @@ class Fx(list[tuple[int, dict[str, Any]]]):
         return [f for f in self.to(conn) if f["type"] not in (*ANSWERS, CLOSE)]
 
 
-def as_dicts(effects: Iterable[Send | Close]) -> Fx:
+def with_positions(model: QueueChatModel, effects: list[Effect]) -> list[Effect]:
+    """The effects of one cause, then the ``position`` pushes its PositionsChanged announced, as the
+    shell's flusher expands them after the cause (R30, Choice 24)."""
+    rooms = dict.fromkeys(e.room for e in effects if isinstance(e, PositionsChanged))
+    return [e for e in effects if not isinstance(e, PositionsChanged)] + [
+        push for room in rooms for push in model.pending_positions(room)]
+
+
+def as_dicts(effects: Iterable[Effect]) -> Fx:
     out = Fx()
     for effect in effects:
+        assert not isinstance(effect, PositionsChanged), "expand it with with_positions"
         if isinstance(effect, Send):
             out.append((effect.conn, json.loads(encode(effect.frame))))
         else:
@@ -102,13 +111,13 @@ class Driver:
         return conn
 
     def raw(self, conn: int, text: str | bytes, *, now: float | None = None) -> Fx:
-        return as_dicts(self.model.receive(conn, text, self.tick(now)))
+        return as_dicts(with_positions(self.model, self.model.receive(conn, text, self.tick(now))))
 
     def send(self, conn: int, type_: str, *, now: float | None = None, **fields: Any) -> Fx:
         return self.raw(conn, json.dumps({"type": type_, **fields}), now=now)
 
     def drop(self, conn: int, *, now: float | None = None) -> Fx:
-        return as_dicts(self.model.disconnected(conn, self.tick(now)))
+        return as_dicts(with_positions(self.model, self.model.disconnected(conn, self.tick(now))))
 
     def clinician(self, room: str = ROOM, **extra: Any) -> tuple[int, dict[str, Any], Fx]:
         conn = self.open()
@@ -801,6 +810,63 @@ def test_R30_provider_status_and_positions(d: Driver) -> None:
     fx = d.drop(c)
     assert all(fx.to(p) == [{"type": "provider_status", "status": "away"}] for p in (p1, p3, p4))
 
+
+def test_R30_a_departure_at_the_head_of_500_patients_is_one_effect(d: Driver) -> None:
+    """Choice 24: one PositionsChanged, not 499 pushes; expanded, it gives each patient behind its new
+    place once, and nothing more until a place changes again."""
+    c, _, _ = d.clinician()
+    patients = [d.patient(f"P{i}")[0] for i in range(500)]
+    effects = d.model.disconnected(patients[0], d.tick(None))
+    assert [e for e in effects if not (isinstance(e, Send) and e.conn == c)] == [PositionsChanged(ROOM)]
+    pushes = as_dicts(d.model.pending_positions(ROOM))
+    assert [conn for conn, _ in pushes] == patients[1:]
+    assert [frame for _, frame in pushes] == [{"type": "position", "position": n} for n in range(1, 500)]
+    assert d.model.pending_positions(ROOM) == []
+
+
+def test_R30_departures_before_the_expansion_announce_once_and_push_the_latest_place(d: Driver) -> None:
+    d.clinician()
+    p1, p2, p3, p4 = (d.patient(name)[0] for name in "ABCD")
+    assert PositionsChanged(ROOM) in d.model.disconnected(p1, d.tick(None))
+    assert PositionsChanged(ROOM) not in d.model.disconnected(p2, d.tick(None))  # already announced
+    assert as_dicts(d.model.pending_positions(ROOM)) == [
+        (p3, {"type": "position", "position": 1}), (p4, {"type": "position", "position": 2})]
+
+
+@pytest.mark.parametrize("later", ["start_call", "message", "ping", "leave", "set_room", "clinician_gone"])
+def test_R30_a_pending_place_goes_before_any_later_frame_to_the_patient(d: Driver, later: str) -> None:
+    """Choice 24: a place changed but not yet expanded is pushed before the next frame to that patient
+    (provider_status then position on start_call, §5, still holds for the call's own change)."""
+    c, _, _ = d.clinician()
+    p1, _, _ = d.patient("A")
+    p2, b, _ = d.patient("B")
+    p3, _, _ = d.patient("C")
+    assert PositionsChanged(ROOM) in d.model.disconnected(p1, d.tick(None))  # not expanded
+    frames: dict[str, tuple[int, dict[str, Any]]] = {
+        "start_call": (c, {"type": "start_call", "patient": b}),
+        "message": (c, {"type": "send", "patient": b, "text": "hi"}),
+        "ping": (p2, {"type": "ping"}),
+        "leave": (p2, {"type": "leave"}),
+        "set_room": (c, {"type": "set_room", "patient_initiated_chat": False}),
+    }
+    if later == "clinician_gone":
+        effects = d.model.disconnected(c, d.tick(None))
+    else:
+        conn, frame = frames[later]
+        effects = d.model.receive(conn, json.dumps(frame), d.tick(None))
+    fx = as_dicts(with_positions(d.model, effects))
+    to_b = fx.to(p2)
+    assert to_b[0] == {"type": "position", "position": 1} and len(to_b) > 1, to_b
+    assert all(f["type"] != "position" for f in to_b[1:]), to_b
+    to_c = fx.to(p3)
+    if later == "start_call":  # C moves up again: the call's change comes after its provider_status
+        assert to_c == [{"type": "position", "position": 2}, {"type": "provider_status", "status": "on_call"},
+                        {"type": "position", "position": 1}]
+    elif later == "leave":
+        assert to_c == [{"type": "position", "position": 2}, {"type": "position", "position": 1}]
+    else:
+        assert to_c[0] == {"type": "position", "position": 2}
+        assert [f for f in to_c if f["type"] == "position"] == [to_c[0]]
 
 def test_R31_patient_initiated_chat_off(d: Driver) -> None:
     """While off, a waiting patient's send is chat_disabled until the clinician writes; in a call: allowed."""

@@ -21,7 +21,6 @@ import itertools
 import json
 import types
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from reference_server._codec import encode
-from reference_server.domain import Close, QueueChatModel, Send
+from reference_server.domain import Close, Effect, PositionsChanged, QueueChatModel, Send
 from reference_server.protocol import clinician_token
 
 SECRET = "statemachine-secret"
@@ -62,9 +61,15 @@ class _Ids:
         return f"sm-{self.n:06d}"
 
 
-def _frames(effects: Iterable[Send | Close]) -> dict[int, list[dict[str, Any]]]:
-    """Effects as JSON dicts per connection; error messages checked and dropped (they are for people)."""
+def _frames(model: QueueChatModel, effects: list[Effect]) -> dict[int, list[dict[str, Any]]]:
+    """Effects as JSON dicts per connection, with the ``position`` pushes a PositionsChanged announced
+    after them (as the shell's flusher expands them); error messages checked and dropped (they are
+    for people)."""
     out: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    changed = dict.fromkeys(e.room for e in effects if isinstance(e, PositionsChanged))
+    effects = [e for e in effects if not isinstance(e, PositionsChanged)]
+    for room in changed:
+        effects += model.pending_positions(room)
     for effect in effects:
         if isinstance(effect, Close):
             out[effect.conn].append({"type": CLOSE, "code": effect.code})
@@ -252,7 +257,7 @@ class QueueChatMachine(RuleBasedStateMachine):
         return f"T{next(self.text_numbers)}:{body}"
 
     def run(self, conn: int, frame: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
-        return _frames(self.model.receive(conn, json.dumps(frame), self.tick()))
+        return _frames(self.model, self.model.receive(conn, json.dumps(frame), self.tick()))
 
     def check(self, got: dict[int, list[dict[str, Any]]], *, sort_erased: int | None = None) -> None:
         expected = {conn: frames for conn, frames in self.exp.items() if frames}
@@ -334,7 +339,7 @@ class QueueChatMachine(RuleBasedStateMachine):
         self.clinician = None
         self.push_changes(status_before, positions_before)
         self.maybe_idle()
-        self.check(_frames(self.model.disconnected(conn, self.tick())))
+        self.check(_frames(self.model, self.model.disconnected(conn, self.tick())))
 
     # ------------------------------------------------------------------ patients
 
@@ -415,7 +420,7 @@ class QueueChatMachine(RuleBasedStateMachine):
         p = self.present[self.target("present", i)]
         self.depart(p.pid, "disconnected")
         self.maybe_idle()
-        self.check(_frames(self.model.disconnected(p.conn, self.tick())))
+        self.check(_frames(self.model, self.model.disconnected(p.conn, self.tick())))
 
     # ------------------------------------------------------------------ clinician requests
 
@@ -808,7 +813,7 @@ def _welcomed() -> tuple[QueueChatModel, int, int, int, tuple[str, ...]]:
     ids = []
     for conn, hello in enumerate(hellos, start=1):
         model.connect(conn, T0)
-        welcome = _frames(model.receive(conn, json.dumps(hello), T0))[conn]
+        welcome = _frames(model, model.receive(conn, json.dumps(hello), T0))[conn]
         assert [f["type"] for f in welcome] == ["welcome"]
         ids.append(welcome[0].get("patient"))
     return model, 1, 2, 3, (ids[1], ids[2])
@@ -828,7 +833,7 @@ def test_R40_random_frames_never_raise_and_get_one_answer(inputs: list[tuple[int
     for conn, raw in inputs:
         now += 0.02
         effects = model.receive(conn, raw, now)
-        got = _frames(effects)
+        got = _frames(model, effects)
         if conn in closed:
             assert effects == []
             continue
@@ -845,7 +850,7 @@ def test_R40_random_frames_never_raise_and_get_one_answer(inputs: list[tuple[int
             assert conn != clinician and answers[0]["type"] == "ok" and mine[-1]["type"] == CLOSE
     for conn in (clinician, a, b):
         now += 0.02
-        got = _frames(model.receive(conn, '{"type":"ping","ref":"after"}', now))
+        got = _frames(model, model.receive(conn, '{"type":"ping","ref":"after"}', now))
         if conn in closed:
             assert got == {}
         else:
@@ -858,7 +863,7 @@ def test_R40_random_first_frames_answer_welcome_or_error_and_close(raw: str) -> 
     """Before welcome, any text gets either a welcome or an error followed by a close (never an exception)."""
     model = QueueChatModel(secret=SECRET, new_patient_id=_Ids())
     model.connect(1, T0)
-    got = _frames(model.receive(1, raw, T0))
+    got = _frames(model, model.receive(1, raw, T0))
     frames = got[1]
     if frames[0]["type"] == "welcome":
         assert len(frames) == 1

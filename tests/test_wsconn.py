@@ -7,6 +7,7 @@ connections, and the coalesced ``position`` pushes (R30, docs/protocol.md "Choic
 from __future__ import annotations
 
 import ast
+import contextlib
 import gc
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from wsproto import ConnectionType, WSConnection
 
 import reference_server
 import reference_server._shell as shell
-from reference_server._domain import Send
+from reference_server._domain import Effect, PositionsChanged, Send
 from reference_server._frames import Position, ProviderStatus
 from reference_server._wsconn import PRIVATE_NAMES, ServerWebSocket
 
@@ -155,6 +156,41 @@ async def test_R30_one_departure_gives_every_waiting_patient_behind_its_new_posi
                 {"type": "position", "position": position}]
         for _, done in patients:
             done.set()
+
+
+async def test_R30_a_departure_at_the_head_of_500_patients_is_one_effect_the_flusher_expands_once(
+    start_server: StartServer, room: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Choice 24: the model announces the departure's moves as one effect, not 499; the flusher asks
+    the model once for the pushes, and each of the 499 patients behind gets its new place once."""
+    live = await start_server()
+    server, model = live.server, live.server._model
+    announced: list[Effect] = []
+    expanded: list[int] = []
+    apply, pending_positions = server._apply, model.pending_positions
+
+    def spy_apply(effects: list[Effect], requester: shell._Connection | None = None) -> None:
+        announced.extend(e for e in effects if isinstance(e, PositionsChanged))
+        apply(effects, requester)
+
+    def spy_pending(room_slug: str) -> list[Effect]:
+        pushes = pending_positions(room_slug)
+        expanded.append(len(pushes))
+        return pushes
+
+    monkeypatch.setattr(server, "_apply", spy_apply)
+    monkeypatch.setattr(model, "pending_positions", spy_pending)
+    async with live.clinician(room) as clinician, trio.open_nursery() as nursery, \
+            contextlib.AsyncExitStack() as behind:
+        _, first_leaves = await nursery.start(_hold_patient, live, room, 0)
+        patients = [await behind.enter_async_context(live.patient(room, f"P{i}")) for i in range(499)]
+        await clinician.barrier()
+        first_leaves.set()
+        assert (await clinician.recv())["type"] == "patient_left"
+        for position, client in enumerate(patients, start=1):
+            assert [f for f in await client.barrier() if f["type"] == "position"] == [
+                {"type": "position", "position": position}]
+        assert announced == [PositionsChanged(room)] and expanded == [499]
 
 
 async def _hold_patient(live, room, i, task_status=trio.TASK_STATUS_IGNORED):  # type: ignore[no-untyped-def]

@@ -143,7 +143,7 @@ class RefreshKeepsConversations(QueueChatModel):
 class NoPositionPush(QueueChatModel):
     """R30: a waiting patient's new place in the queue is never pushed."""
 
-    def _push_positions_from(self, room: _Room, removed_position: int, out: list[Effect]) -> None:
+    def _settle_positions(self, room: _Room, out: list[Effect]) -> None:
         return None
 
 
