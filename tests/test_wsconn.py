@@ -158,11 +158,12 @@ async def test_R30_one_departure_gives_every_waiting_patient_behind_its_new_posi
             done.set()
 
 
-async def test_R30_a_departure_at_the_head_of_500_patients_is_one_effect_the_flusher_expands_once(
+async def test_R30_a_departure_at_the_head_of_120_patients_is_one_effect_the_flusher_expands_once(
     start_server: StartServer, room: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Choice 24: the model announces the departure's moves as one effect, not 499; the flusher asks
-    the model once for the pushes, and each of the 499 patients behind gets its new place once."""
+    """Choice 24: the model announces the departure's moves as one effect, not 119; the flusher asks
+    the model once for the pushes, and each of the 119 patients behind gets its new place once. (The
+    domain tests show the same for 500 without sockets; 120 keeps this test's handshakes cheap.)"""
     live = await start_server()
     server, model = live.server, live.server._model
     announced: list[Effect] = []
@@ -183,14 +184,14 @@ async def test_R30_a_departure_at_the_head_of_500_patients_is_one_effect_the_flu
     async with live.clinician(room) as clinician, trio.open_nursery() as nursery, \
             contextlib.AsyncExitStack() as behind:
         _, first_leaves = await nursery.start(_hold_patient, live, room, 0)
-        patients = [await behind.enter_async_context(live.patient(room, f"P{i}")) for i in range(499)]
+        patients = [await behind.enter_async_context(live.patient(room, f"P{i}")) for i in range(119)]
         await clinician.barrier()
         first_leaves.set()
         assert (await clinician.recv())["type"] == "patient_left"
         for position, client in enumerate(patients, start=1):
             assert [f for f in await client.barrier() if f["type"] == "position"] == [
                 {"type": "position", "position": position}]
-        assert announced == [PositionsChanged(room)] and expanded == [499]
+        assert announced == [PositionsChanged(room)] and expanded == [119]
 
 
 async def _hold_patient(live, room, i, task_status=trio.TASK_STATUS_IGNORED):  # type: ignore[no-untyped-def]
