@@ -11,7 +11,7 @@ from ._history import FORMAT as HISTORY_FORMAT
 from ._history import VERSION as HISTORY_VERSION
 from ._history import HistoryError, HistoryWriter, read_history, read_lines, redacted
 from ._run import RunResult, check_history, history_name, parse_url, run_in_process, run_over_sockets
-from ._scenario import Dist, Scenario, ScenarioError, parse_duration, resolve
+from ._scenario import Dist, Scenario, ScenarioError, resolve
 from ._scenario import load as load_scenario
 from ._scenario import parse as parse_scenario
 
@@ -30,7 +30,6 @@ __all__ = [
     "check_history",
     "history_name",
     "load_scenario",
-    "parse_duration",
     "parse_scenario",
     "parse_url",
     "read_history",

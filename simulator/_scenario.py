@@ -25,6 +25,7 @@ from pathlib import Path
 from random import Random
 from typing import Any, Final
 
+from formats.duration import DurationError, parse_duration
 from reference_server.protocol import Limits
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"  # shipped in the package (wheel too)
@@ -70,32 +71,13 @@ class Dist:
         return self.a
 
 
-_NUMBER = r"(\d+(?:\.\d+)?)"
-_DURATION = re.compile(rf"(?:{_NUMBER}h)?(?:{_NUMBER}m(?!s))?(?:{_NUMBER}s)?(?:{_NUMBER}ms)?")
-
-
-def parse_duration(value: Any) -> float | None:
-    """Seconds from ``"1h30m"``, ``"90s"``, ``"250ms"`` or a number; None when malformed."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value) if math.isfinite(value) and value >= 0 else None
-    if not isinstance(value, str):
-        return None
-    text = value.strip().replace(" ", "")
-    if not text:
-        return None
+def _seconds(value: Any) -> float | None:
+    """Seconds from a duration (formats.duration's grammar); None when it is not one (the caller names
+    the key)."""
     try:
-        number = float(text)
-    except ValueError:
-        pass
-    else:
-        return number if math.isfinite(number) and number >= 0 else None
-    match = _DURATION.fullmatch(text)
-    if match is None or not any(match.groups()):
+        return parse_duration(value)
+    except DurationError:
         return None
-    hours, minutes, seconds, millis = (float(g) if g else 0.0 for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds + millis / 1000
 
 
 # --------------------------------------------------------------------------- the checked scenario
@@ -245,7 +227,7 @@ class _Table:
 
     def duration(self, name: str, default: Any, positive: bool = False) -> float:
         value = self.get(name, default)
-        seconds = parse_duration(value)
+        seconds = _seconds(value)
         if seconds is None or (positive and seconds <= 0):
             what = "a positive duration" if positive else "a duration"
             raise self.fail(name, f"{what} such as \"90s\", \"15m\", \"1h30m\" or a number of seconds", value)
@@ -254,7 +236,7 @@ class _Table:
     def dist(self, name: str, default: Any, unit: str = "duration", cap: float = math.inf) -> Dist:
         value = self.get(name, default)
         key = self.key(name)
-        convert = parse_duration if unit == "duration" else _parse_size
+        convert = _seconds if unit == "duration" else _parse_size
         example = "\"45s\"" if unit == "duration" else "60"
         if not isinstance(value, dict):
             constant = convert(value)
@@ -506,7 +488,7 @@ def parse(data: dict[str, Any], file: str, default_name: str = "scenario") -> Sc
         raise faults.fail("refresh_at", "a list of durations", refresh_at_raw)
     refresh_at: list[float] = []
     for index, item in enumerate(refresh_at_raw):
-        seconds = parse_duration(item)
+        seconds = _seconds(item)
         if seconds is None:
             raise faults.fail(f"refresh_at[{index}]", "a duration such as \"2h\"", item)
         refresh_at.append(seconds)

@@ -113,5 +113,6 @@ def test_the_wheel_ships_every_package_and_the_files_they_read(tmp_path: Path) -
     shipped = {f"simulator/scenarios/{p.name}" for p in (root / "simulator" / "scenarios").glob("*.toml")}
     assert "simulator/scenarios/demo.toml" in shipped and shipped <= names
     assert "loadtests/slo.toml" in names and "loadtests/locustfile.py" in names
-    for package in ("reference_server", "queuechat", "loadtests", "conformance", "simulator", "reports"):
+    for package in ("reference_server", "queuechat", "loadtests", "conformance", "simulator", "reports",
+                    "formats"):
         assert f"{package}/__init__.py" in names, package

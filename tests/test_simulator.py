@@ -33,7 +33,7 @@ from simulator import (
     run_in_process,
 )
 from simulator._agents import arrivals
-from simulator._scenario import SCENARIO_DIR, parse_duration
+from simulator._scenario import SCENARIO_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUECHAT = [sys.executable, "-m", "queuechat"]
@@ -101,14 +101,6 @@ def test_busy_clinic_day_is_big_enough() -> None:
     assert scenario.rooms >= 20
     assert scenario.duration_s == 8 * 3600
     assert len(arrivals(scenario, rooms)) >= 400
-
-
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("90s", 90.0), ("15m", 900.0), ("8h", 28800.0), ("1h30m", 5400.0), ("250ms", 0.25), (42, 42.0),
-    ("1.5h", 5400.0), ("2m30s", 150.0),
-])
-def test_durations_parse(text: str | int, seconds: float) -> None:
-    assert parse_duration(text) == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize(("text", "key", "expected"), [
