@@ -121,6 +121,15 @@ def test_busy_clinic_day_is_big_enough() -> None:
     ('[server]\nmax_text_chars = "off"', "server.max_text_chars", "a positive integer"),
     ('healing = "2h"\nduration = "1h"', "healing", "at most half the duration"),
     ("[faults]\nrefresh_style = { reload = 0, new_tab = 0 }", "faults.refresh_style", "not all zero"),
+    ('[arrivals]\nprocess = "burst"', "arrivals.process", 'one of "poisson", "timeline", got \'burst\''),
+    ("seed = 1.5", "seed", "an integer from 0 to 9223372036854775807, got 1.5"),
+    ('[clinicians]\nthink_time = { dist = "exponential", mean = "5s", sigma = 1 }',
+     "clinicians.think_time.sigma", "unknown key (expected one of: dist, max, mean, min)"),
+    ('[faults]\nrefresh_at = "2h"', "faults.refresh_at", "a list of durations"),
+    ("duration = 0", "duration",
+     "a positive duration such as \"90s\", \"1.5m\", \"1h30m\" or a number of seconds, got 0"),
+    ("[patients]\ntext_chars = { dist = \"constant\", value = \"5s\" }", "patients.text_chars.value",
+     "a size such as 60"),
 ])
 def test_bad_scenarios_name_the_file_the_key_and_what_was_expected(tmp_path: Path, text: str, key: str,
                                                                     expected: str) -> None:
