@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 from ._frame_specs import describe
-from ._run_stats import Findings, Violation
+from ._run_stats import Findings, ReportsFindings, Violation
 
 CONTEXT_LINES: Final = 8
 
@@ -286,17 +286,12 @@ def int_field(value: Any, default: int = 0) -> int:
     return value
 
 
-class Connections:
+class Connections(ReportsFindings):
     """Every connection of the history, and the request book of each."""
 
     def __init__(self, header: dict[str, Any], findings: Findings) -> None:
         self.header = header
-        self.findings = findings
-        # Reported through the run's one Findings (its order is the order of the violations).
-        self.violation = findings.violation
-        self.note = findings.note
-        self.exercise = findings.exercise
-        self.summary = findings.summary
+        super().__init__(findings)
         self.by_key: dict[tuple[str, int], Connection] = {}
         self.patients_by_id: dict[tuple[str, str], PatientConnection] = {}
         self.patients: list[PatientConnection] = []

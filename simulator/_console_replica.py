@@ -28,7 +28,7 @@ from ._connections import (
     int_field,
 )
 from ._frame_specs import OPTIONAL, describe, matches, optional
-from ._run_stats import Findings
+from ._run_stats import Findings, ReportsFindings
 
 # The order of one cause's frames on one connection (Transport: Order); the request's answer comes last.
 FRAME_ORDER: Final = ("patient_left", "erased", "message", "chat_box", "unread", "notify")
@@ -53,17 +53,12 @@ def _count_nothing(rule: str) -> None:
     """Counts nothing (a look at what a request would cause, not a judgment)."""
 
 
-class ConsoleReplica:
+class ConsoleReplica(ReportsFindings):
     """Judges the frames every clinician connection receives, against its replica of the console."""
 
     def __init__(self, connections: Connections, findings: Findings) -> None:
         self.connections = connections
-        self.findings = findings
-        # Reported through the run's one Findings (its order is the order of the violations).
-        self.violation = findings.violation
-        self.note = findings.note
-        self.exercise = findings.exercise
-        self.summary = findings.summary
+        super().__init__(findings)
         self.refresh_erases = False  # the server has said (erased{refresh}) that a refresh erases
 
     def frame(self, conn: ConsoleConnection, frame: dict[str, Any], stamp: HistoryPosition) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from ._connections import Connections, ConsoleConnection, PatientConnection, happened_before
-from ._run_stats import Findings, seconds_text
+from ._run_stats import Findings, ReportsFindings, seconds_text
 
 # Liveness: the simulator's clinicians, once the healing phase begins, answer one waiting patient per
 # tick, a tick being the scenario's think time capped at HEAL_TICK_CAP_MS (simulator/_agents.py). See
@@ -22,18 +22,13 @@ from ._run_stats import Findings, seconds_text
 HEAL_TICK_CAP_MS: Final = 10_000.0
 
 
-class CrossChecks:
+class CrossChecks(ReportsFindings):
     """Judges what the connections recorded, taken together, at the end of the run."""
 
     def __init__(self, connections: Connections, findings: Findings, heal_ms: float, end_ms: float,
                  pace: dict[str, Any] | None) -> None:
         self.connections = connections
-        self.findings = findings
-        # Reported through the run's one Findings (its order is the order of the violations).
-        self.violation = findings.violation
-        self.note = findings.note
-        self.exercise = findings.exercise
-        self.summary = findings.summary
+        super().__init__(findings)
         self.heal_ms = heal_ms
         self.end_ms = end_ms
         self.pace = pace

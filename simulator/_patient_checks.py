@@ -20,24 +20,19 @@ from ._connections import (
     int_field,
 )
 from ._frame_specs import describe
-from ._run_stats import Findings
+from ._run_stats import Findings, ReportsFindings
 
 # Frames only a clinician's console may receive (a patient never sees another patient's id).
 CLINICIAN_ONLY: Final = frozenset({"patient_joined", "patient_left", "chat_box", "unread", "notify",
                                    "erased"})
 
 
-class PatientChecks:
+class PatientChecks(ReportsFindings):
     """Judges the frames a patient's connection receives."""
 
     def __init__(self, connections: Connections, findings: Findings) -> None:
         self.connections = connections
-        self.findings = findings
-        # Reported through the run's one Findings (its order is the order of the violations).
-        self.violation = findings.violation
-        self.note = findings.note
-        self.exercise = findings.exercise
-        self.summary = findings.summary
+        super().__init__(findings)
 
     def _text_check(self, conn: PatientConnection, request: Request, code: Any) -> bool:
         """R41 on a send's answer; True when the answer was a ``too_large`` refusal (handled here)."""

@@ -82,6 +82,18 @@ class Findings:
         counts[rule] = counts.get(rule, 0) + 1
 
 
+class ReportsFindings:
+    """A part of the checker: it reports through the run's one :class:`Findings`, whose order is the
+    order of the violations."""
+
+    def __init__(self, findings: Findings) -> None:
+        self.findings = findings
+        self.violation = findings.violation
+        self.note = findings.note
+        self.exercise = findings.exercise
+        self.summary = findings.summary
+
+
 def by_history_line(item: Violation) -> tuple[int, str, str]:
     """History order (the same for every --jobs once a part's lines are mapped to the whole history's)."""
     return (item.lines[-1] if item.lines else 0, item.rule, item.message)
