@@ -108,8 +108,7 @@ class Checker:
         conn_no = record.get("conn")
         if not isinstance(agent, str) or not isinstance(conn_no, int):
             return
-        # tuple.__new__ directly: a NamedTuple's own constructor is two Python-level calls, once per record
-        position = tuple.__new__(HistoryPosition, (t, f"{agent}/{conn_no}", number))
+        position: HistoryPosition = (t, f"{agent}/{conn_no}", number)
         connections = self.connections
         if kind == "connect":
             connections.connect(agent, conn_no, record, position)

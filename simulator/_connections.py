@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from ._frame_specs import describe
 from ._run_stats import Findings, ReportsFindings, Violation
@@ -21,12 +21,14 @@ from ._run_stats import Findings, ReportsFindings, Violation
 CONTEXT_LINES: Final = 8
 
 
-class HistoryPosition(NamedTuple):
-    """Where a record is in the history: its time (ms), its connection ("agent/number") and its line."""
-
-    t: float
-    connection: str
-    line: int
+# Where a record is in the history: its time (ms), its connection ("agent/number") and its line, read as
+# position[TIME], position[CONNECTION], position[LINE]. A plain tuple, not a NamedTuple: the garbage
+# collector stops tracking a tuple of numbers and strings (never an instance of a tuple subclass), and a
+# busy day keeps hundreds of thousands of them, which every full collection would otherwise walk.
+HistoryPosition = tuple[float, str, int]
+TIME: Final = 0
+CONNECTION: Final = 1
+LINE: Final = 2
 
 
 def happened_before(a: HistoryPosition | None, b: HistoryPosition | None) -> bool:
@@ -36,7 +38,7 @@ def happened_before(a: HistoryPosition | None, b: HistoryPosition | None) -> boo
     order of two connections' records at one instant."""
     if a is None or b is None:
         return False
-    return a.t < b.t or (a.connection == b.connection and a.line < b.line)
+    return a[TIME] < b[TIME] or (a[CONNECTION] == b[CONNECTION] and a[LINE] < b[LINE])
 
 
 @dataclass(slots=True)
@@ -83,14 +85,15 @@ class SentMessage:
     ok: HistoryPosition
 
 
-@dataclass(slots=True)
-class ReceivedMessage:
-    """A message as it arrived, to compare with what was sent."""
+# A message as it arrived: (length, client_ts, ts, its HistoryPosition), read with ARRIVED_AT and
+# arrived_unchanged(). A plain tuple for HistoryPosition's reason: a day keeps one per message.
+ReceivedMessage = tuple[int, Any, int, HistoryPosition]
+ARRIVED_AT: Final = 3
 
-    length: int
-    client_ts: Any
-    ts: int
-    at: HistoryPosition
+
+def arrived_unchanged(got: ReceivedMessage, sent: SentMessage) -> bool:
+    """The message arrived as it was sent and acknowledged: length, client_ts and ts (R1)."""
+    return not (got[0] != sent.length or got[1] != sent.client_ts or got[2] != sent.ts)
 
 
 @dataclass(slots=True)
@@ -311,7 +314,7 @@ class Connections(ReportsFindings):
             patient = PatientConnection(agent, number, room)
             self.patients.append(patient)
             conn = patient
-        conn.lines.append(stamp.line)
+        conn.lines.append(stamp[LINE])
         self.by_key[conn.key] = conn
 
     def action(self, conn: Connection, record: dict[str, Any], stamp: HistoryPosition) -> None:
@@ -320,7 +323,7 @@ class Connections(ReportsFindings):
             if conn.end_stamp is None and action in ("drop", "close"):
                 conn.end_stamp = stamp
             if isinstance(conn, ConsoleConnection) and conn.disturbed is None:
-                conn.disturbed = stamp.t
+                conn.disturbed = stamp[TIME]
             if isinstance(conn, PatientConnection) and action in ("drop", "close"):
                 conn.client_ended = True
                 if conn.departed_by is None:
@@ -359,16 +362,16 @@ class Connections(ReportsFindings):
                 # the server's own close (R12's drop: it erases then) may have come long before the client
                 # read it (a slow reader): the refresh happened at some time since the server last certainly
                 # served the connection
-                alive = conn.alive if by == "server" and conn.alive is not None else stamp.t
-                conn.disturbed = min(stamp.t, alive)
+                alive = conn.alive if by == "server" and conn.alive is not None else stamp[TIME]
+                conn.disturbed = min(stamp[TIME], alive)
             conn.expect.clear()
             for request in conn.pending:
                 if request.type in ("set_notifications", "set_room"):
                     conn.unsure_settings = True
                 if request.type == "set_room":
-                    conn.set_room_windows.append((request.stamp.t, float("inf"), None))
+                    conn.set_room_windows.append((request.stamp[TIME], float("inf"), None))
                 elif request.type in ("start_call", "end_call"):
-                    conn.call_windows.append((request.stamp.t, float("inf"), None))
+                    conn.call_windows.append((request.stamp[TIME], float("inf"), None))
             if code == 4000 and conn.replaced_by is None and conn.replacing is None:
                 self.violation("R12", "closed with 4000 (replaced) although this clinician opened no newer "
                                "connection", conn)
@@ -392,7 +395,7 @@ class Connections(ReportsFindings):
         kind = str(frame.get("type"))
         ref = frame.get("ref")
         if kind == "hello":
-            conn.alive = stamp.t
+            conn.alive = stamp[TIME]
             if isinstance(conn, ConsoleConnection):
                 conn.hello = stamp
                 agent = self.clinicians[conn.agent]
@@ -404,14 +407,14 @@ class Connections(ReportsFindings):
                         if older.end_stamp is None:
                             older.end_stamp = stamp
                         if older.disturbed is None:
-                            older.disturbed = stamp.t
+                            older.disturbed = stamp[TIME]
             return
         request = Request(ref if isinstance(ref, str) else None, kind, frame, stamp)
         if kind == "ping":
-            if conn.burst is not None and conn.burst.sent_at == stamp.t:
+            if conn.burst is not None and conn.burst.sent_at == stamp[TIME]:
                 conn.burst.sent += 1
             else:
-                conn.burst = PingBurst(sent_at=stamp.t, last_answer_at=stamp.t)
+                conn.burst = PingBurst(sent_at=stamp[TIME], last_answer_at=stamp[TIME])
         if isinstance(conn, ConsoleConnection) and kind == "send":
             request.position_bound = self._position_bound(conn, str(frame.get("patient")))
         conn.pending.append(request)
@@ -444,12 +447,12 @@ class Connections(ReportsFindings):
             self.violation("WIRE", f"an answer with no request waiting: {describe(frame)}", conn)
             return None
         request = conn.pending.popleft()
-        conn.alive = request.stamp.t if conn.alive is None else max(conn.alive, request.stamp.t)
+        conn.alive = request.stamp[TIME] if conn.alive is None else max(conn.alive, request.stamp[TIME])
         burst = conn.burst
-        if request.type == "ping" and burst is not None and burst.sent_at == request.stamp.t:
+        if request.type == "ping" and burst is not None and burst.sent_at == request.stamp[TIME]:
             burst.answered += 1
             burst.accepted += frame.get("type") == "ok"
-            burst.last_answer_at = stamp.t
+            burst.last_answer_at = stamp[TIME]
             if burst.answered == burst.sent:
                 self._judge_burst(conn, burst)
         if request.ref is not None and frame.get("ref") != request.ref:

@@ -18,10 +18,12 @@ import itertools
 from typing import Any, Final
 
 from ._connections import (
+    CONNECTION,
+    LINE,
+    TIME,
     Connections,
     ConsoleConnection,
     HistoryPosition,
-    ReceivedMessage,
     Request,
     SentMessage,
     happened_before,
@@ -44,7 +46,7 @@ def highest_known_before(entries: list[tuple[HistoryPosition, int]] | None, requ
     best = 0
     for stamp, value in entries or ():
         if value > best and (happened_before(stamp, request)
-                             or (stamp.connection == answer.connection and stamp.line < answer.line)):
+                             or (stamp[CONNECTION] == answer[CONNECTION] and stamp[LINE] < answer[LINE])):
             best = value
     return best
 
@@ -429,7 +431,7 @@ class ConsoleReplica(ReportsFindings):
             if conn.call == patient:
                 conn.call = None
                 if reason != "call_ended":
-                    conn.call_departures.append((patient, stamp.t))
+                    conn.call_departures.append((patient, stamp[TIME]))
             if conn.box_patient == patient:
                 conn.box_present = False
         elif kind in ("ok", "error"):
@@ -485,18 +487,18 @@ class ConsoleReplica(ReportsFindings):
         elif rtype == "set_room":
             self.exercise("R31")
             conn.patient_chat = bool(sent.get("patient_initiated_chat"))
-            conn.set_room_windows.append((request.stamp.t, stamp.t, conn.patient_chat))
+            conn.set_room_windows.append((request.stamp[TIME], stamp[TIME], conn.patient_chat))
         elif rtype == "start_call":
             self.exercise("R20")
             patient = str(sent.get("patient"))
             conn.call = patient
             if patient in conn.present:
                 conn.present[patient][0] = "in_call"
-            conn.call_windows.append((request.stamp.t, stamp.t, True))
+            conn.call_windows.append((request.stamp[TIME], stamp[TIME], True))
             conn.calls_started.append((patient, stamp))
         elif rtype == "end_call":
             self.exercise("R20")
-            conn.call_windows.append((request.stamp.t, stamp.t, False))
+            conn.call_windows.append((request.stamp[TIME], stamp[TIME], False))
 
     def _check_open_chat(self, conn: ConsoleConnection, patient: str, frame: dict[str, Any],
                          sent_at: HistoryPosition,
@@ -566,8 +568,8 @@ class ConsoleReplica(ReportsFindings):
         key = (patient, message_id)
         if key in conn.delivered:
             self.violation("R1", f"message {message_id} from {patient} delivered twice", conn)
-        conn.delivered[key] = ReceivedMessage(text if isinstance(text, int) else -1, frame.get("client_ts"),
-                                              int_field(frame.get("ts")), stamp)
+        conn.delivered[key] = (text if isinstance(text, int) else -1, frame.get("client_ts"),
+                               int_field(frame.get("ts")), stamp)
         return message_id
 
     def _patient_message(self, conn: ConsoleConnection, frame: dict[str, Any],
@@ -786,13 +788,13 @@ class ConsoleReplica(ReportsFindings):
             self.violation("R12", f"a new console's chat box is {conn.box_state} on {conn.box_patient}: a "
                            "refresh closes it", conn)
         if conn.hello is not None:
-            conn.set_room_windows.append((conn.hello.t, stamp.t, conn.patient_chat))
+            conn.set_room_windows.append((conn.hello[TIME], stamp[TIME], conn.patient_chat))
         if not previous:
             return
         self.exercise("R12")
         older = previous[-1]
         replacing, hello = older.replacing, conn.hello
-        replaced_now = replacing is not None and hello is not None and replacing.t == hello.t
+        replaced_now = replacing is not None and hello is not None and replacing[TIME] == hello[TIME]
         if replaced_now:
             stale = {p: e[1] for p, e in conn.present.items() if e[1]}
             if stale:
@@ -807,7 +809,7 @@ class ConsoleReplica(ReportsFindings):
                 other = self.connections.patients_by_id.get((conn.room, patient))
                 if other is None or not entry[1]:
                     continue
-                before = sum(1 for s in other.sends.values() if s.ok.t < trouble)
+                before = sum(1 for s in other.sends.values() if s.ok[TIME] < trouble)
                 bound = other.send_requests - other.errors - before
                 if entry[1] > bound:
                     self.violation("R12", f"{patient}'s badge is {entry[1]} after a refresh, but at most "

@@ -13,7 +13,16 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from ._connections import Connections, ConsoleConnection, PatientConnection, happened_before
+from ._connections import (
+    ARRIVED_AT,
+    LINE,
+    TIME,
+    Connections,
+    ConsoleConnection,
+    PatientConnection,
+    arrived_unchanged,
+    happened_before,
+)
 from ._run_stats import Findings, ReportsFindings, seconds_text
 
 # Liveness: the simulator's clinicians, once the healing phase begins, answer one waiting patient per
@@ -58,22 +67,22 @@ class CrossChecks(ReportsFindings):
                     summary.patient_messages_delivered += 1
                 if len(receivers) > 1:
                     self.violation("R1", f"message {message_id} from {pid} reached {len(receivers)} consoles",
-                                   receivers[-1], [sent.ok.line])
+                                   receivers[-1], [sent.ok[LINE]])
                 for console in consoles:
                     got = console.delivered.get(key)
                     if got is not None:
-                        if got.length != sent.length or got.client_ts != sent.client_ts or got.ts != sent.ts:
+                        if not arrived_unchanged(got, sent):
                             self.violation("R1", f"message {message_id} from {pid} arrived changed (length, "
                                            "client_ts or ts differ from what was sent and acknowledged)",
-                                           console, [sent.send.line, sent.ok.line, got.at.line])
+                                           console, [sent.send[LINE], sent.ok[LINE], got[ARRIVED_AT][LINE]])
                         if happened_before(sent.ok, console.hello):
                             self.violation("R12", f"message {message_id} from {pid}, acknowledged before "
                                            "this console said hello, was replayed to it", console,
-                                           [sent.ok.line, got.at.line])
+                                           [sent.ok[LINE], got[ARRIVED_AT][LINE]])
                         left = console.left.get(pid)
-                        if left is not None and left[1].line < got.at.line:
+                        if left is not None and left[1][LINE] < got[ARRIVED_AT][LINE]:
                             self.violation("R9", f"message {message_id} from {pid} arrived after its "
-                                           "patient_left", console, [got.at.line])
+                                           "patient_left", console, [got[ARRIVED_AT][LINE]])
                         continue
                     if not happened_before(console.welcome, sent.send):
                         continue
@@ -83,7 +92,7 @@ class CrossChecks(ReportsFindings):
                     if must:
                         self.violation("R1", f"message {message_id} from {pid} (acknowledged to the patient) "
                                        "never reached the clinician's console", console,
-                                       [sent.send.line, sent.ok.line] + ([left[1].line] if left else []))
+                                       [sent.send[LINE], sent.ok[LINE]] + ([left[1][LINE]] if left else []))
             unknown: list[int] = []
             for console in consoles:
                 unknown.extend(i for (p, i) in console.delivered if p == pid and i not in patient.sends)
@@ -103,7 +112,7 @@ class CrossChecks(ReportsFindings):
                     twin = patient.sends.get(message_id)
                     if twin is not None:
                         self.violation("R1", f"id {message_id} of {pid}'s conversation was given to two "
-                                       "messages", console, [sent.ok.line, twin.ok.line])
+                                       "messages", console, [sent.ok[LINE], twin.ok[LINE]])
                     got = patient.got.get(message_id)
                     if got is not None:
                         summary.clinician_messages_delivered += 1
@@ -115,10 +124,10 @@ class CrossChecks(ReportsFindings):
                             self.violation("R30", f"{pid} was shown place {shown} in the queue when message "
                                            f"{message_id} arrived; the clinician, who wrote it, saw at most "
                                            f"{bound - 1} waiting ahead", patient,
-                                           [sent.send.line, got.at.line])
-                        if got.length != sent.length or got.client_ts != sent.client_ts or got.ts != sent.ts:
+                                           [sent.send[LINE], got[ARRIVED_AT][LINE]])
+                        if not arrived_unchanged(got, sent):
                             self.violation("R1", f"message {message_id} to {pid} arrived changed", patient,
-                                           [sent.ok.line, got.at.line])
+                                           [sent.ok[LINE], got[ARRIVED_AT][LINE]])
                         continue
                     # Acknowledged means the patient was present: the message was queued before any
                     # departure the server made; only a connection the patient's side ended, or that broke,
@@ -127,7 +136,7 @@ class CrossChecks(ReportsFindings):
                     server_departure = patient.leave_ok is not None or patient.call_ended is not None
                     if close is None or (close[0] == 1000 and server_departure and not patient.client_ended):
                         self.violation("R1", f"message {message_id} to {pid} (acknowledged to the clinician) "
-                                       "never reached the patient", console, [sent.send.line, sent.ok.line])
+                                       "never reached the patient", console, [sent.send[LINE], sent.ok[LINE]])
                 for pid, ok in console.calls_started:
                     patient = self.connections.patients_by_id.get((console.room, pid))
                     if patient is None or patient.call_started is not None:
@@ -135,7 +144,7 @@ class CrossChecks(ReportsFindings):
                     if patient.close is None or (patient.close[0] == 1000 and not patient.client_ended
                                                  and patient.leave_ok is None):
                         self.violation("R20", f"start_call on {pid} was acknowledged, but the patient never "
-                                       "received call{started}", console, [ok.line])
+                                       "received call{started}", console, [ok[LINE]])
         for patient in self.connections.patients:
             if patient.id is None:
                 continue
@@ -161,7 +170,7 @@ class CrossChecks(ReportsFindings):
                             and happened_before(patient.leave_ok, console.end_stamp)
                             and console.replaced_by is None):
                         self.violation("R9", f"{patient.id} left while this console was connected, but it "
-                                       "never received patient_left", console, [patient.leave_ok.line])
+                                       "never received patient_left", console, [patient.leave_ok[LINE]])
                     continue
                 reason = left[0]
                 if patient.leave_ok is not None:
@@ -174,7 +183,7 @@ class CrossChecks(ReportsFindings):
                     expected = "disconnected"
                 if reason != expected:
                     self.violation("R9", f"patient_left for {patient.id} says {reason!r}, but the patient's "
-                                   f"own side shows {expected!r}", console, [left[1].line])
+                                   f"own side shows {expected!r}", console, [left[1][LINE]])
 
     def _check_status(self, rooms: dict[str, list[ConsoleConnection]]) -> None:
         """R30 and R31 on patients' answers that fall inside intervals where the room's state is certain."""
@@ -192,17 +201,17 @@ class CrossChecks(ReportsFindings):
                 for pid, seen in console.call_departures:
                     other = self.connections.patients_by_id.get((room, pid))
                     departed = other.departed_by if other is not None else None
-                    began = departed.t if departed is not None else -1.0
+                    began = departed[TIME] if departed is not None else -1.0
                     windows.append((min(began, seen) if began >= 0 else 0.0, seen, False))
                 end = console.disturbed if console.disturbed is not None else float("inf")
-                stable.append((console.welcome.t, end, windows, console.welcome_status == "on_call"))
+                stable.append((console.welcome[TIME], end, windows, console.welcome_status == "on_call"))
             for patient in patients:
                 for request, answer, status, setting in patient.answers:
-                    lo, hi = request.t, answer.t
+                    lo, hi = request[TIME], answer[TIME]
                     expected_setting = _value_over(settings, lo, hi, None)
                     if expected_setting is not None and expected_setting != setting:
                         self.violation("R31", f"the patient saw patient_initiated_chat={setting} while it "
-                                       f"was {expected_setting}", patient, [request.line, answer.line])
+                                       f"was {expected_setting}", patient, [request[LINE], answer[LINE]])
                     for start, end, windows, initial in stable:
                         if start < lo and hi < end:
                             in_call = _value_over(windows, lo, hi, initial)
@@ -211,7 +220,7 @@ class CrossChecks(ReportsFindings):
                                 if expected != status:
                                     self.violation("R30", f"the patient saw provider status {status!r} while "
                                                    f"it was {expected!r}", patient,
-                                                   [request.line, answer.line])
+                                                   [request[LINE], answer[LINE]])
                             break
 
     def _check_liveness(self, incomplete: str | None) -> None:
@@ -227,7 +236,7 @@ class CrossChecks(ReportsFindings):
             answered = self._answers(patient)
             if answered:
                 summary.patients_served += 1
-                summary.waits_s.append(max(0.0, (min(answered) - patient.welcome.t) / 1000.0))
+                summary.waits_s.append(max(0.0, (min(answered) - patient.welcome[TIME]) / 1000.0))
         heal, end = self.heal_ms, self.end_ms
         if not summary.complete:
             summary.liveness_reason = (f"the run did not finish ({incomplete})" if incomplete
@@ -243,9 +252,9 @@ class CrossChecks(ReportsFindings):
             return
         rooms: dict[str, list[PatientConnection]] = {}
         for patient in self.connections.patients:
-            if patient.welcome is None or patient.welcome.t >= heal:
+            if patient.welcome is None or patient.welcome[TIME] >= heal:
                 continue
-            if patient.closed_stamp is not None and patient.closed_stamp.t < heal:
+            if patient.closed_stamp is not None and patient.closed_stamp[TIME] < heal:
                 continue
             rooms.setdefault(patient.room, []).append(patient)
         short = summary.liveness_short
@@ -265,9 +274,9 @@ class CrossChecks(ReportsFindings):
 
     def _answers(self, patient: PatientConnection) -> list[float]:
         """When the clinician answered the patient: each message received, and the call's start."""
-        answered = [got.at.t for got in patient.got.values()]
+        answered = [got[ARRIVED_AT][TIME] for got in patient.got.values()]
         if patient.call_started is not None:
-            answered.append(patient.call_started.t)
+            answered.append(patient.call_started[TIME])
         return answered
 
     def _clinician_ready(self, room: str, heal: float) -> float | None:
@@ -276,10 +285,10 @@ class CrossChecks(ReportsFindings):
         for console in self.connections.consoles:
             if console.room != room or console.welcome is None:
                 continue
-            closed = console.closed_stamp.t if console.closed_stamp is not None else float("inf")
+            closed = console.closed_stamp[TIME] if console.closed_stamp is not None else float("inf")
             if closed <= heal:
                 continue
-            when = max(console.welcome.t, heal)
+            when = max(console.welcome[TIME], heal)
             ready = when if ready is None else min(ready, when)
         return ready
 
@@ -287,15 +296,15 @@ class CrossChecks(ReportsFindings):
         answered = self._answers(patient)
         if any(heal <= t <= end for t in answered):
             return
-        closed = patient.closed_stamp.t if patient.closed_stamp is not None else None
+        closed = patient.closed_stamp[TIME] if patient.closed_stamp is not None else None
         if closed is not None and closed <= end:
             return
         call = patient.call_started
-        if call is not None and call.t < heal:
-            state = f"in a call since {seconds_text(call.t)}"
+        if call is not None and call[TIME] < heal:
+            state = f"in a call since {seconds_text(call[TIME])}"
         else:
             assert patient.welcome is not None
-            state = f"waiting since {seconds_text(patient.welcome.t)}"
+            state = f"waiting since {seconds_text(patient.welcome[TIME])}"
         self.violation("LIVENESS", f"{patient.id} was {state} when the healing phase began at "
                        f"{seconds_text(heal)}, got no message or call from the clinician in it, and was "
                        "still "

@@ -14,7 +14,6 @@ from ._connections import (
     Connections,
     HistoryPosition,
     PatientConnection,
-    ReceivedMessage,
     Request,
     SentMessage,
     int_field,
@@ -146,8 +145,8 @@ class PatientChecks(ReportsFindings):
                                "or duplicate)", conn)
             conn.last_id = max(conn.last_id, message_id)
             text = frame.get("text")
-            conn.got[message_id] = ReceivedMessage(text if isinstance(text, int) else -1,
-                                                   frame.get("client_ts"), int_field(frame.get("ts")), stamp)
+            conn.got[message_id] = (text if isinstance(text, int) else -1, frame.get("client_ts"),
+                                    int_field(frame.get("ts")), stamp)
             if conn.state == "waiting":
                 conn.position_at[message_id] = conn.position
             conn.wrote = True
