@@ -37,6 +37,7 @@ from typing import IO, Any
 import websocket
 
 import loadtests
+from formats import duration
 from formats.summary import SUMMARY_FILE
 from loadtests import (
     DEFAULT_DRAIN_S,
@@ -101,17 +102,18 @@ class LoadOptions:
 # --------------------------------------------------------------------------- checks
 
 
-def parse_duration(text: str) -> int:
-    """``30``, ``30s``, ``2m``, ``1h``, ``1m30s`` -> whole seconds (at least 1)."""
-    cleaned = text.strip().lower()
-    match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?", cleaned)
-    if not cleaned or match is None or not any(match.groups()):
-        raise LoadUsageError(f"--duration {text!r}: use seconds or a span such as 30s, 2m, 1m30s")
-    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-    total = hours * 3600 + minutes * 60 + seconds
-    if total < 1:
+def parse_whole_seconds(text: str) -> int:
+    """``30``, ``30s``, ``1.5m``, ``2m30``, ``1h`` (formats.duration) -> whole seconds, at least 1.
+
+    Locust's run time counts whole seconds: a fraction rounds up (``2.5s`` runs 3 s)."""
+    try:
+        seconds = duration.parse_duration(text)
+    except duration.DurationError:
+        raise LoadUsageError(f"--duration {text!r}: use seconds or a span such as 30s, 1.5m, 2m30, "
+                             "1h30m") from None
+    if seconds < 1:
         raise LoadUsageError("--duration must be at least 1 second")
-    return total
+    return duration.whole_seconds(seconds)
 
 
 def check_url(url: str, *, allow_remote: bool) -> str:

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 import click
 
+from formats.duration import DurationError, parse_duration
 from formats.summary import write_simulation_summary
 from reference_server.protocol import is_loopback_host
 from simulator import (
@@ -31,7 +32,6 @@ from simulator import (
     check_history,
     history_name,
     load_scenario,
-    parse_duration,
     read_lines,
     run_in_process,
     run_over_sockets,
@@ -98,9 +98,12 @@ def simulate(scenario_name: str, seed: int | None, duration: str | None, url: st
     if seed is not None:
         scenario = replace(scenario, seed=seed)
     if duration is not None:
-        seconds = parse_duration(duration)
-        if seconds is None or seconds <= 0:
-            _fail("--duration: expected a positive duration such as \"90s\", \"15m\" or \"2h\", "
+        try:
+            seconds = parse_duration(duration)
+        except DurationError:
+            seconds = 0.0
+        if seconds <= 0:
+            _fail("--duration: expected a positive duration such as \"90s\", \"1.5m\", \"2m30\" or \"2h\", "
                   f"got {duration!r}")
             return
         scenario = scenario.with_duration(seconds)

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from formats.duration import DurationError, parse_duration
 from reference_server.protocol import DEVELOPMENT_SECRET, ROOM_PATTERN, Limits, is_loopback_host
 
 EXIT_OK = 0
@@ -170,7 +171,8 @@ def token(room: str, secret: str | None, console: bool, url: str | None) -> None
 @click.option("--room", default="play", help="The room the patients check into.")
 @click.option("--host", default="127.0.0.1", help="Loopback address to listen on.")
 @click.option("--port", default=8765, type=click.IntRange(0, 65535), help="TCP port; 0 picks a free one.")
-@click.option("--duration", default="30m", help="Stop by itself after this long (at most 8h): 90s, 30m, 1h.")
+@click.option("--duration", default="30m",
+              help="Stop by itself after this long (from 1s to 8h): 90s, 1.5m, 30m, 1h30m.")
 @click.option("--pace", default=3.0, type=click.FloatRange(0.1, 100.0),
               help="Multiplies every patient time of the scenario (arrivals, message intervals, patience, "
                    "replies): 3 is three times slower than the scenario, for a person at the keyboard.")
@@ -198,11 +200,11 @@ def play(scenario: str, room: str, host: str, port: int, duration: str, pace: fl
     if not is_loopback_host(host):
         raise click.UsageError(f"--host {host!r}: play runs the server with the development secret, on a "
                                "loopback address only")
-    match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?", duration.strip().lower())
-    if not duration.strip() or match is None or not any(match.groups()):
-        raise click.UsageError(f"--duration {duration!r}: use seconds or a span such as 90s, 30m, 1h")
-    hours, minutes, secs = (int(g) if g else 0 for g in match.groups())
-    duration_s = hours * 3600 + minutes * 60 + secs
+    try:
+        duration_s = parse_duration(duration)
+    except DurationError:
+        raise click.UsageError(f"--duration {duration!r}: use seconds or a span such as 90s, 1.5m, 30m, "
+                               "1h30m") from None
     if not 1 <= duration_s <= MAX_DURATION_S:
         raise click.UsageError(f"--duration {duration!r}: from 1s to 8h")
     try:
@@ -228,7 +230,8 @@ def play(scenario: str, room: str, host: str, port: int, duration: str, pace: fl
               help="Users started per second (default: all within a second).")
 @click.option("--rate", default=100.0, type=click.FloatRange(min=0.0, min_open=True),
               help="Messages per second in all, both directions, on a schedule (open model).")
-@click.option("--duration", default="30s", help="Run time: seconds, or a span such as 30s, 2m, 1m30s.")
+@click.option("--duration", default="30s",
+              help="Run time: seconds, or a span such as 30s, 1.5m, 2m30 (whole seconds, rounded up).")
 @click.option("--workers", default=0, type=click.IntRange(0, 256),
               help="Locust worker processes on this machine (master/worker mode); 0 runs one process.")
 @click.option("--slo", type=click.Path(dir_okay=False, path_type=Path), default=None, show_default=False,
@@ -258,10 +261,10 @@ def load(url: str | None, secret: str | None, allow_remote: bool, users: int, sp
     """
     import time
 
-    from ._load import SHIPPED_LOCUSTFILE, SHIPPED_SLO, LoadOptions, LoadUsageError, parse_duration, run
+    from ._load import SHIPPED_LOCUSTFILE, SHIPPED_SLO, LoadOptions, LoadUsageError, parse_whole_seconds, run
 
     try:
-        duration_s = parse_duration(duration)
+        duration_s = parse_whole_seconds(duration)
     except LoadUsageError as error:
         raise click.UsageError(str(error)) from None
     if slo is not None and no_slo:
@@ -337,7 +340,8 @@ def conformance(url: str | None, secret: str | None, cases: tuple[str, ...], exc
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=None,
               help="Override the scenario's seed.")
 @click.option("--duration", default=None, metavar="D",
-              help="Cap the run (virtual or real), e.g. 90s, 15m, 2h; the healing phase shrinks to fit.")
+              help="Cap the run (virtual or real), e.g. 90s, 1.5m, 2m30, 2h; the healing phase shrinks to "
+              "fit.")
 @click.option("--url", default=None, metavar="ws://HOST:PORT/v1/ws",
               help="Run the agents over real sockets, in real time, against this server.")
 @click.option("--secret", envvar="QUEUECHAT_SECRET", default=None,
@@ -431,10 +435,11 @@ def report(run: Path | None, compare: tuple[Path, Path] | None, out: Path | None
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=None,
               help="The simulation's seed (default: the demo scenario's).")
 @click.option("--sim-duration", default=None, metavar="D",
-              help="Real time of the simulation, healing included, e.g. 30s, 2m (default: the scenario's, "
-                   "30 s; from 8s to 10m).")
+              help="Real time of the simulation, healing included, e.g. 30s, 1.5m, 2m30 (default: the "
+                   "scenario's, 30 s; from 8s to 10m; whole seconds: a fraction rounds up).")
 @click.option("--load-duration", default="20s", show_default=True, metavar="D",
-              help="Run time of the load test, e.g. 20s, 1m (at most 10m).")
+              help="Run time of the load test, e.g. 20s, 1.5m (at most 10m; whole seconds: a fraction rounds "
+                   "up).")
 @click.option("--quiet", is_flag=True,
               help="Print only the closing lines: where the reports are, and the verdicts.")
 def demo(out: Path | None, seed: int | None, sim_duration: str | None, load_duration: str,
@@ -450,11 +455,11 @@ def demo(out: Path | None, seed: int | None, sim_duration: str | None, load_dura
 
     from ._demo import MAX_PHASE_S, MIN_SIM_S, DemoOptions
     from ._demo import main as run_demo
-    from ._load import LoadUsageError, parse_duration
+    from ._load import LoadUsageError, parse_whole_seconds
 
     def seconds(option: str, text: str, least: int = 1) -> int:
         try:
-            value = parse_duration(text)
+            value = parse_whole_seconds(text)
         except LoadUsageError as error:
             raise click.UsageError(str(error).replace("--duration", option)) from None
         if value > MAX_PHASE_S:

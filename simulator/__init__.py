@@ -12,7 +12,7 @@ from formats.history import HistoryError, HistoryWriter, read_history, read_line
 
 from ._checker import MAX_SHOWN_PER_RULE, Checker, Summary, Violation
 from ._run import RunResult, check_history, history_name, parse_url, run_in_process, run_over_sockets
-from ._scenario import SCENARIO_DIR, Dist, Scenario, ScenarioError, parse_duration, resolve
+from ._scenario import SCENARIO_DIR, Dist, Scenario, ScenarioError, resolve
 from ._scenario import load as load_scenario
 from ._scenario import parse as parse_scenario
 from ._transport import ABNORMAL_CLOSURE, ConnectionHandler, MemoryListener, OpenClient
@@ -39,7 +39,6 @@ __all__ = [
     "check_history",
     "history_name",
     "load_scenario",
-    "parse_duration",
     "parse_scenario",
     "parse_url",
     "read_history",

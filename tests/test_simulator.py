@@ -33,7 +33,7 @@ from simulator import (
     run_in_process,
 )
 from simulator._agents import arrivals
-from simulator._scenario import SCENARIO_DIR, parse_duration
+from simulator._scenario import SCENARIO_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUECHAT = [sys.executable, "-m", "queuechat"]
@@ -103,14 +103,6 @@ def test_busy_clinic_day_is_big_enough() -> None:
     assert len(arrivals(scenario, rooms)) >= 400
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("90s", 90.0), ("15m", 900.0), ("8h", 28800.0), ("1h30m", 5400.0), ("250ms", 0.25), (42, 42.0),
-    ("1.5h", 5400.0), ("2m30s", 150.0),
-])
-def test_durations_parse(text: str | int, seconds: float) -> None:
-    assert parse_duration(text) == pytest.approx(seconds)
-
-
 @pytest.mark.parametrize(("text", "key", "expected"), [
     ('duration = "soon"', "duration", "a positive duration"),
     ("[rooms]\ncount = 0", "rooms.count", "an integer from 1"),
@@ -129,6 +121,15 @@ def test_durations_parse(text: str | int, seconds: float) -> None:
     ('[server]\nmax_text_chars = "off"', "server.max_text_chars", "a positive integer"),
     ('healing = "2h"\nduration = "1h"', "healing", "at most half the duration"),
     ("[faults]\nrefresh_style = { reload = 0, new_tab = 0 }", "faults.refresh_style", "not all zero"),
+    ('[arrivals]\nprocess = "burst"', "arrivals.process", 'one of "poisson", "timeline", got \'burst\''),
+    ("seed = 1.5", "seed", "an integer from 0 to 9223372036854775807, got 1.5"),
+    ('[clinicians]\nthink_time = { dist = "exponential", mean = "5s", sigma = 1 }',
+     "clinicians.think_time.sigma", "unknown key (expected one of: dist, max, mean, min)"),
+    ('[faults]\nrefresh_at = "2h"', "faults.refresh_at", "a list of durations"),
+    ("duration = 0", "duration",
+     "a positive duration such as \"90s\", \"1.5m\", \"1h30m\" or a number of seconds, got 0"),
+    ("[patients]\ntext_chars = { dist = \"constant\", value = \"5s\" }", "patients.text_chars.value",
+     "a size such as 60"),
 ])
 def test_bad_scenarios_name_the_file_the_key_and_what_was_expected(tmp_path: Path, text: str, key: str,
                                                                     expected: str) -> None:
@@ -408,12 +409,14 @@ def test_the_checker_does_not_use_the_domain_model() -> None:
     """The checker is an independent reading of the contract: it imports nothing from reference_server."""
     import ast
 
-    for name in ("simulator/_checker.py", "formats/history.py", "simulator/_scenario.py"):
+    checker = ("_checker.py", "_connections.py", "_console_replica.py", "_patient_checks.py",
+               "_cross_checks.py", "_run_stats.py", "_frame_specs.py")
+    for name in (*(f"simulator/{c}" for c in checker), "formats/history.py", "simulator/_scenario.py"):
         tree = ast.parse((ROOT / name).read_text(encoding="utf-8"))
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
             a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not any("domain" in module for module in imported), (name, imported)
-        if name == "simulator/_checker.py":
+        if name.removeprefix("simulator/") in checker:
             assert not any(module.startswith("reference_server") for module in imported)
 
 
