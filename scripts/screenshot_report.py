@@ -1,4 +1,4 @@
-"""Screenshot a report page for a person to look at: ``scripts/screenshot_report.py HTML OUT.png``.
+"""Screenshot a report page for a person to look at: ``python -m scripts.screenshot_report HTML OUT.png``.
 
 Opens HTML in headless Chromium (tests/browser.py, the same code the browser test uses), writes a
 full-page PNG to OUT.png and prints the page's title, its images (loaded of total), any request that
@@ -12,9 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from browser import BrowserError, render_page  # tests/ is not a package: found through sys.path
+from tests.browser import BrowserError, render_page
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Record the small load runs kept as test data for the report tests (tests/test_reports_*.py).
 
-    .venv/bin/python tests/data/record_load_runs.py
+    .venv/bin/python -m tests.data.record_load_runs     # from the project's root
 
 - ``load-small``: the reference server, default SLOs (loadtests/slo.toml), 8 s.
 - ``load-same``: the same again (a second sample of the same build: the comparison must call it the same;
@@ -23,7 +23,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))  # run as a script: the project
 HERE = Path(__file__).resolve().parent
 KEEP = ("summary.json", "latency.hlog", "timeline.csv", "junit.xml")
 COMMON = ("--users", "4", "--rate", "50", "--duration", "8s", "--seed", "7")

@@ -5,7 +5,7 @@ The server is the reference server's shell with a wrong domain model from tests/
 (``box_follows_newest_writer``: the chat box jumps to whichever patient wrote last, breaking R8 and R6).
 The run is in virtual time and deterministic: the same code gives the same files.
 
-    .venv/bin/python tests/data/record_sim_violations.py          # rewrites tests/data/sim-violations/
+    .venv/bin/python -m tests.data.record_sim_violations     # from the root; rewrites sim-violations/
 
 It writes ``SCENARIO-seedN.jsonl`` and ``SCENARIO-seedN.summary.json`` exactly as ``queuechat simulate``
 does (the summary document comes from the same function).
@@ -13,13 +13,16 @@ does (the summary document comes from the same function).
 
 from __future__ import annotations
 
-import json
-import sys
 import tomllib
 from pathlib import Path
 
+from formats.summary import write_simulation_summary
+from queuechat._simulate import _summary_document
+from reference_server.server import configure_logging
+from simulator import history_name, parse_scenario, run_in_process
+from tests.variants import VARIANTS
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
 OUT = HERE / "sim-violations"
 VARIANT = "box_follows_newest_writer"
 
@@ -59,13 +62,6 @@ refresh_per_hour = 6
 
 
 def main() -> None:
-    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-    from variants import VARIANTS
-
-    from queuechat._simulate import _summary_document
-    from reference_server._logging import configure_logging
-    from simulator import history_name, parse_scenario, run_in_process
-
     configure_logging("error")
     scenario = parse_scenario(tomllib.loads(SCENARIO), "record_sim_violations.py")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -73,8 +69,7 @@ def main() -> None:
         old.unlink()
     history = OUT / history_name(scenario)
     result = run_in_process(scenario, history, model_class=VARIANTS[VARIANT].model)
-    summary = history.with_suffix(".summary.json")
-    summary.write_text(json.dumps(_summary_document(result), indent=2) + "\n", encoding="utf-8")
+    write_simulation_summary(history, _summary_document(result))
     rules = sorted({v.rule for v in result.violations})
     size = sum(p.stat().st_size for p in OUT.iterdir()) // 1024
     print(f"{history.name}: {len(result.violations)} violations of {', '.join(rules) or 'no rule'}; "
