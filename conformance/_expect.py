@@ -1,4 +1,4 @@
-"""Builders for the frames the contract says a server sends (``/work/shared/PROTOCOL.md``).
+"""Builders for the frames the contract says a server sends (``docs/protocol.md``).
 
 Each returns a pattern (see :mod:`conformance._patterns`). Events never carry
 ``ref``; answers get the request's ``ref`` filled in by the step that sends

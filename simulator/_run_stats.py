@@ -15,7 +15,7 @@ from typing import Any, Final, Protocol
 MAX_NOTES_SHOWN: Final = 50  # in the summary, the first by history line
 MAX_NOTES_KEPT: Final = 10_000  # in memory, before the summary picks the first
 
-# Every rule of the contract (/work/shared/PROTOCOL.md): the keys of the summary's "exercised" counts.
+# Every rule of the contract (docs/protocol.md): the keys of the summary's "exercised" counts.
 CONTRACT_RULES: Final = ("R1", "R2", "R3", "R4", "R5", "R6", "R7", "R8", "R9", "R10", "R11", "R12", "R13",
                          "R20", "R30", "R31", "R40", "R41", "R42", "R43", "R44", "R45", "R46")
 # Besides these the checker names "order" (Transport: the order of one cause's frames), "WIRE" (every

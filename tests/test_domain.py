@@ -3,7 +3,7 @@
 A small driver connects clinicians and patients, feeds JSON text with an
 explicit clock, and returns the effects (frames as plain dicts, closes as
 ``{"type": "<close>", "code": ...}``) per connection. Tests are named after
-the contract rule they check (``/work/shared/PROTOCOL.md``); where the
+the contract rule they check (``docs/protocol.md``); where the
 contract is silent the expectations follow the "choices" section of
 ``docs/protocol.md``.
 """

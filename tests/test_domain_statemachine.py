@@ -1,6 +1,6 @@
 """Hypothesis drives the real QueueChatModel against a small reference model written from the contract.
 
-The reference model below is written from ``/work/shared/PROTOCOL.md`` and the
+The reference model below is written from ``docs/protocol.md`` and the
 "choices" section of ``docs/protocol.md`` only; it does not import or copy the
 domain code. One room; a clinician who comes, goes and is replaced; patients
 who check in, write, leave, drop and get called. After every step the frames

@@ -1,4 +1,4 @@
-"""Every rule of the contract (/work/shared/PROTOCOL.md), checked over real loopback sockets.
+"""Every rule of the contract (docs/protocol.md), checked over real loopback sockets.
 
 Each test's name starts with ``test_R<rule>_`` (``test_R11b_`` for a lettered
 clause, ``test_R11_`` for R11's departure clause) or, for the transport rules

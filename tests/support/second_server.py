@@ -1,7 +1,7 @@
 """A second, independent queuechat server, written from the protocol documents alone.
 
 It exists so that every client tool (simulator, load tests, conformance suite) can be run against a server
-that keeps the contract (/work/shared/PROTOCOL.md) but takes each freedom the contract leaves the other way
+that keeps the contract (docs/protocol.md) but takes each freedom the contract leaves the other way
 from the reference server: no `ref` on `welcome`, ids of another shape, every frame split into fragments,
 jittered pings, extra frames on clinician replacement, other check and frame orders where the contract is
 silent. It can also misbehave on purpose (fault switches, `--break RULE`) so that checkers can be checked.
