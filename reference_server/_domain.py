@@ -312,6 +312,16 @@ class QueueChatModel:
             self._settle_positions(room, out)
         return out
 
+    def with_positions(self, effects: list[Effect]) -> list[Send | Close]:
+        """The effects of one cause, then the ``position`` pushes its PositionsChanged announced,
+        expanded at once: for drivers that do not coalesce across causes (tests, tools); the shell
+        expands them once per scheduler round instead."""
+        rooms = dict.fromkeys(e.room for e in effects if isinstance(e, PositionsChanged))
+        out: list[Send | Close] = [e for e in effects if not isinstance(e, PositionsChanged)]
+        for room in rooms:
+            out += [e for e in self.pending_positions(room) if not isinstance(e, PositionsChanged)]
+        return out
+
     def is_welcomed(self, conn: int) -> bool:
         session = self._sessions.get(conn)
         return session is not None and session.role is not None

@@ -74,9 +74,7 @@ class Fx(list[tuple[int, dict[str, Any]]]):
 def with_positions(model: QueueChatModel, effects: list[Effect]) -> list[Effect]:
     """The effects of one cause, then the ``position`` pushes its PositionsChanged announced, as the
     shell's flusher expands them after the cause (R30, Choice 24)."""
-    rooms = dict.fromkeys(e.room for e in effects if isinstance(e, PositionsChanged))
-    return [e for e in effects if not isinstance(e, PositionsChanged)] + [
-        push for room in rooms for push in model.pending_positions(room)]
+    return list(model.with_positions(effects))
 
 
 def as_dicts(effects: Iterable[Effect]) -> Fx:

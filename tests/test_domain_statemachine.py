@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from reference_server._codec import encode
-from reference_server.domain import Close, Effect, PositionsChanged, QueueChatModel, Send
+from reference_server.domain import Close, Effect, QueueChatModel, Send
 from reference_server.protocol import clinician_token
 
 SECRET = "statemachine-secret"
@@ -66,11 +66,7 @@ def _frames(model: QueueChatModel, effects: list[Effect]) -> dict[int, list[dict
     after them (as the shell's flusher expands them); error messages checked and dropped (they are
     for people)."""
     out: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    changed = dict.fromkeys(e.room for e in effects if isinstance(e, PositionsChanged))
-    effects = [e for e in effects if not isinstance(e, PositionsChanged)]
-    for room in changed:
-        effects += model.pending_positions(room)
-    for effect in effects:
+    for effect in model.with_positions(effects):
         if isinstance(effect, Close):
             out[effect.conn].append({"type": CLOSE, "code": effect.code})
             continue

@@ -294,7 +294,7 @@ class _Room:
 
     def receive(self, conn: int, frame: dict[str, Any]) -> list[Send | Close]:
         self.now += 0.001
-        return self.model.receive(conn, json.dumps(frame), self.now)
+        return self.model.with_positions(self.model.receive(conn, json.dumps(frame), self.now))
 
 
 def _texts_to(effects: list[Send | Close], conn: int) -> str:

@@ -123,7 +123,7 @@ class Clinic:
 
     def receive(self, conn: int, raw: str | bytes) -> list[Send | Close]:
         self.now += 0.001
-        return self.model.receive(conn, raw, self.now)
+        return self.model.with_positions(self.model.receive(conn, raw, self.now))
 
 
 def check_effects(clinic: Clinic, conn: int, raw: str | bytes, effects: list[Send | Close]) -> None:
