@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Final, TypeGuard
@@ -44,6 +45,15 @@ import msgspec
 
 FORMAT: Final = "queuechat-history"
 VERSION: Final = 1
+
+# A history's file name: the scenario's name and seed (``quiet_morning-seed6.jsonl``); its summary goes
+# beside it (formats.summary).
+HISTORY_NAME_PATTERN: Final = re.compile(r"^(?P<scenario>.+)-seed(?P<seed>-?\d+)\.jsonl$")
+
+
+def history_file_name(scenario: str, seed: int) -> str:
+    """The file name a run of ``scenario`` with ``seed`` is saved under; HISTORY_NAME_PATTERN reads it."""
+    return f"{scenario}-seed{seed}.jsonl"
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode

@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from formats.history import HistoryError, quick_header, quick_records
+from formats.history import HISTORY_NAME_PATTERN, HistoryError, quick_header, quick_records
 from formats.summary import SummaryError, read_simulation_summary, simulation_summary_path
 
 from ._errors import ReportError
 from ._sim_history import HistoryFold, QueueSeries, Visit
 
-HISTORY_PATTERN = re.compile(r"^(?P<scenario>.+)-seed(?P<seed>-?\d+)\.jsonl$")
 # A withheld string shorter than this is not searched for in messages (it would match everywhere).
 _MIN_WITHHELD = 3
 # The simulator's shipped scenarios, installed beside this package (read as files, never imported).
@@ -134,7 +133,7 @@ def _rule_key(rule: str) -> tuple[int, int, str]:
 def find_history(source: Path) -> Path:
     """The history a report is for: ``source`` itself, or the one ``SCENARIO-seedN.jsonl`` in a folder."""
     if source.is_dir():
-        found = sorted(p for p in source.glob("*.jsonl") if HISTORY_PATTERN.match(p.name))
+        found = sorted(p for p in source.glob("*.jsonl") if HISTORY_NAME_PATTERN.match(p.name))
         if not found:
             raise ReportError(f"{source}: no simulation history (SCENARIO-seedN.jsonl) in this folder")
         if len(found) > 1:

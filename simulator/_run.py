@@ -13,7 +13,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from formats.history import HistoryWriter, read_history
+from formats.history import HistoryWriter, history_file_name, read_history
 from reference_server.protocol import (
     DEVELOPMENT_SECRET,
     WS_PATH,
@@ -62,7 +62,7 @@ class RunResult:
 
 
 def history_name(scenario: Scenario) -> str:
-    return f"{scenario.name}-seed{scenario.seed}.jsonl"
+    return history_file_name(scenario.name, scenario.seed)
 
 
 def _rooms(scenario: Scenario, suffix: str = "") -> list[str]:

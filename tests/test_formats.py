@@ -14,9 +14,11 @@ from hdrh.log import HistogramLogReader  # type: ignore[import-untyped]
 
 from formats.history import (
     FORMAT,
+    HISTORY_NAME_PATTERN,
     VERSION,
     HistoryError,
     HistoryWriter,
+    history_file_name,
     quick_header,
     quick_records,
     read_history,
@@ -136,6 +138,14 @@ def histogram_of(values: list[int]) -> Any:
     for value in values:
         histogram.record_value(value)
     return histogram
+
+
+@pytest.mark.parametrize(("scenario", "seed"), [("quiet_morning", 6), ("a-seed3-b", 0), ("x", -1)])
+def test_a_history_file_name_reads_back_as_its_scenario_and_seed(scenario: str, seed: int) -> None:
+    """The simulator names its history, the reports find it by name: one spelling of both."""
+    match = HISTORY_NAME_PATTERN.match(history_file_name(scenario, seed))
+    assert match is not None and (match["scenario"], int(match["seed"])) == (scenario, seed)
+    assert HISTORY_NAME_PATTERN.match(f"{scenario}.summary.json") is None
 
 
 def test_the_interval_log_reads_back_as_written_and_as_hdrhistogram_reads_it(tmp_path: Path) -> None:
