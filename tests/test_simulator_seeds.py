@@ -3,7 +3,7 @@
 Each seed runs capped at the first 8 virtual minutes (``--duration 8m``: 4 minutes of clinic and 4 of
 healing, with 96 patients already waiting at opening), two to three seconds each: seeds 1-10 in the
 default run (CI), seeds 11-20 under the ``long`` marker (``QUEUECHAT_LONG_TESTS=1``); the full 8-hour
-days run in ``benchmarks/simulate_throughput.py --seeds 20``.
+days run in ``python -m benchmarks.simulate_throughput --seeds 20``.
 """
 
 from __future__ import annotations
