@@ -45,6 +45,16 @@ def server_logs_to_nowhere() -> Iterator[None]:
     structlog.configure(**saved)
 
 
+@pytest.fixture
+def quiet_server_logs() -> Iterator[None]:
+    """In-process servers and simulations log at error level only, then structlog is put back as it was
+    (modules that run whole simulations use it: ``pytestmark = pytest.mark.usefixtures(...)``)."""
+    saved = structlog.get_config()
+    configure_logging("error")
+    yield
+    structlog.configure(**saved)
+
+
 def _model_class() -> type[QueueChatModel]:
     name = os.environ.get("QUEUECHAT_TEST_VARIANT")
     if not name:

@@ -18,25 +18,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
-import os
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-LONG = os.environ.get("QUEUECHAT_LONG_TESTS") == "1"
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def long_test(function: F) -> F:
-    """Marked ``long``: skipped unless QUEUECHAT_LONG_TESTS=1."""
-    skip = pytest.mark.skipif(not LONG, reason="long: run with QUEUECHAT_LONG_TESTS=1")
-    marked: F = pytest.mark.long(skip(function))
-    return marked
-
+from tests.support.long import LONG, long_test
 
 # break -> (shipped scenario, scenario minutes, speed): the shortest run that shows the break every time
 RUNS: dict[str, tuple[str, float, float]] = {

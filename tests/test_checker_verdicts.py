@@ -14,15 +14,12 @@ import subprocess
 import sys
 import tomllib
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from variants import VARIANTS
 
-from reference_server._logging import configure_logging
 from simulator import (
     Checker,
     HistoryError,
@@ -39,12 +36,7 @@ PACE = {"clinician_think_ms": 1000.0, "clinician_typing_ms": 2000.0, "patient_me
         "patient_reply_delay_ms": 2000.0, "arrivals_per_hour_per_room": 10.0, "rooms": 1}
 
 
-@pytest.fixture(autouse=True)
-def quiet_server_logs() -> Iterator[None]:
-    saved = structlog.get_config()
-    configure_logging("error")
-    yield
-    structlog.configure(**saved)
+pytestmark = pytest.mark.usefixtures("quiet_server_logs")
 
 
 class Script:

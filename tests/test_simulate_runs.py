@@ -16,17 +16,14 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from reference_server._domain import Send
 from reference_server._frames import Unread
-from reference_server._logging import configure_logging
 from reference_server.domain import QueueChatModel
 from simulator import (
     ScenarioError,
@@ -69,12 +66,7 @@ patient_drop_per_hour = 1
 """
 
 
-@pytest.fixture(autouse=True)
-def quiet_server_logs() -> Iterator[None]:
-    saved = structlog.get_config()
-    configure_logging("error")
-    yield
-    structlog.configure(**saved)
+pytestmark = pytest.mark.usefixtures("quiet_server_logs")
 
 
 def small(**changes: Any) -> Any:

@@ -21,19 +21,18 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import multiprocessing
-import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-import structlog
 
 from reference_server._logging import configure_logging
 from simulator import RunResult, Scenario, load_scenario, run_in_process, run_over_sockets
 from simulator._checker import CONTRACT_RULES
+from tests.support.long import LONG, long_test
 from tests.support.processes import second_server
 
 SHIPPED = ("quiet_morning", "busy_clinic_day", "flaky_network", "refresh_storm", "demo")
@@ -47,26 +46,12 @@ SHORT_SPEED = {"quiet_morning": 20.0, "busy_clinic_day": 20.0, "flaky_network": 
                "demo": 3.0}  # demo is 30 s long: its short run is its full run
 # in-process runs split among processes (a speed setting only: the same history for every --jobs)
 JOBS = {"busy_clinic_day": 2}
-LONG = os.environ.get("QUEUECHAT_LONG_TESTS") == "1"
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def long_test(function: F) -> F:
-    """Marked ``long``: skipped unless QUEUECHAT_LONG_TESTS=1."""
-    skip = pytest.mark.skipif(not LONG, reason="long: run with QUEUECHAT_LONG_TESTS=1")
-    marked: F = pytest.mark.long(skip(function))
-    return marked
 # The scenario's limits the second server takes as flags (the others keep the contract's defaults).
 _LIMIT_FLAGS = ("max_text_chars", "max_frame_bytes", "max_queued_frames", "max_queued_bytes", "rate_per_s",
                 "rate_burst", "max_patients_per_room", "ping_interval_s", "ping_timeout_s")
 
 
-@pytest.fixture(autouse=True)
-def quiet_server_logs() -> Iterator[None]:
-    saved = structlog.get_config()
-    configure_logging("error")
-    yield
-    structlog.configure(**saved)
+pytestmark = pytest.mark.usefixtures("quiet_server_logs")
 
 
 def _scenario(name: str, duration_s: float | None) -> Scenario:

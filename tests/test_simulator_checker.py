@@ -12,14 +12,11 @@ import json
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from variants import VARIANTS
 
-from reference_server._logging import configure_logging
 from simulator import Scenario, check_history, parse_scenario, run_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,12 +74,7 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(autouse=True)
-def quiet_server_logs() -> Iterator[None]:
-    saved = structlog.get_config()
-    configure_logging("error")
-    yield
-    structlog.configure(**saved)
+pytestmark = pytest.mark.usefixtures("quiet_server_logs")
 
 
 def drill() -> Scenario:

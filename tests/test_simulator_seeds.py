@@ -8,28 +8,18 @@ days run in ``python -m benchmarks.simulate_throughput --seeds 20``.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-import structlog
 
-from reference_server._logging import configure_logging
 from simulator import load_scenario, run_in_process
+from tests.support.long import LONG_ONLY
 
 CI_DURATION_S = 480.0
-LONG = os.environ.get("QUEUECHAT_LONG_TESTS") == "1"
-LONG_ONLY = [pytest.mark.long, pytest.mark.skipif(not LONG, reason="long: run with QUEUECHAT_LONG_TESTS=1")]
 SEEDS = [*range(1, 11), *(pytest.param(seed, marks=LONG_ONLY) for seed in range(11, 21))]
 
 
-@pytest.fixture(autouse=True)
-def quiet_server_logs() -> Iterator[None]:
-    saved = structlog.get_config()
-    configure_logging("error")
-    yield
-    structlog.configure(**saved)
+pytestmark = pytest.mark.usefixtures("quiet_server_logs")
 
 
 @pytest.mark.parametrize("seed", SEEDS)
