@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Final
@@ -136,12 +137,15 @@ def _host_header(head: bytes) -> str | None:
     return None
 
 
-async def serve_page_if_asked(stream: trio.abc.Stream, timeout_s: float) -> bool:
+async def serve_page_if_asked(
+    stream: trio.abc.Stream, timeout_s: float, wait_readable: Callable[[], Awaitable[None]] | None = None
+) -> bool:
     """Answer a plain ``GET``/``HEAD`` of one of our pages and close; True when it did.
 
     False (nothing consumed) for anything else and for a stream that is not a TCP socket:
     trio-websocket takes over. A connection that sends nothing in ``timeout_s`` is closed (True),
-    as trio-websocket's own connect timeout would.
+    as trio-websocket's own connect timeout would. ``wait_readable``, when given, is how to wait
+    for the first bytes (the shell's read gate).
     """
     if type(stream) is not trio.SocketStream:
         return False
@@ -149,12 +153,14 @@ async def serve_page_if_asked(stream: trio.abc.Stream, timeout_s: float) -> bool
     peeked = b""
     with trio.move_on_after(timeout_s) as waited:
         try:
+            if wait_readable is not None:
+                await wait_readable()
             peeked = await sock.recv(MAX_HEAD_BYTES, socket.MSG_PEEK)
             # A request line split over packets is rare: look again, briefly, until it is whole.
             while peeked and b"\n" not in peeked and len(peeked) < MAX_HEAD_BYTES:
                 await trio.sleep(0.01)
                 peeked = await sock.recv(MAX_HEAD_BYTES, socket.MSG_PEEK)
-        except OSError:
+        except (OSError, trio.ClosedResourceError):
             return False
     if waited.cancelled_caught and not peeked:
         # Silent for the whole handshake time: closed, as trio-websocket's connect timeout would.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import logging
 import math
 import secrets
 import time
@@ -37,6 +38,7 @@ from ._gcpolicy import GcPolicy
 from ._limits import Limits
 from ._logging import get_logger
 from ._pages import serve_page_if_asked
+from ._readgate import ReadGate, new_read_gate
 from ._wsconn import ServerWebSocket
 from .wscodec import ping_frame, text_frame
 
@@ -107,6 +109,10 @@ _POSITIONS_PER_ROUND = 64
 _HANDSHAKES_PER_ROUND = 16
 # Connections the peer ended, let into their close (answer, model, socket) per scheduler round.
 _ENDS_PER_ROUND = 16
+# A connection's first seconds, in which its reads wait their turn at the read gate, and how many
+# such reads the gate lets through per scheduler round (_readgate.py).
+_JUNIOR_S = 10.0
+_JUNIOR_READS_PER_ROUND = 16
 
 
 class _Connection:
@@ -272,6 +278,7 @@ class QueueChatServer:
         self._wait_to_end = self._wait_for_end_turn  # one bound method shared by every connection
         self._pings = itertools.count(1)
         self._nursery: trio.Nursery | None = None  # while serving: connections' tasks and writers
+        self._read_gate: ReadGate | None = None  # while serving, on Linux
 
     # ------------------------------------------------------------------ public
 
@@ -328,6 +335,9 @@ class QueueChatServer:
                 nursery.start_soon(self._run_timers)
                 nursery.start_soon(self._flush_forever)
                 nursery.start_soon(self._admit_forever)
+                self._read_gate = new_read_gate(_JUNIOR_READS_PER_ROUND)
+                if self._read_gate is not None:
+                    nursery.start_soon(self._read_gate.run)
                 self._urls = [_ws_url(listener) for listener in listeners]
                 if self._stats_interval_s is not None:
                     nursery.start_soon(self._log_statistics_forever, self._stats_interval_s)
@@ -336,7 +346,7 @@ class QueueChatServer:
                 await self._stopped.wait()
                 nursery.cancel_scope.cancel()
         finally:
-            self._nursery = None
+            self._nursery = self._read_gate = None
             self._gc.stop()
         log.info("server.stopped", **_stats_fields(self.statistics()))
 
@@ -355,7 +365,11 @@ class QueueChatServer:
                 await self._wait_for_turn()
                 # A browser's plain GET of the console or the patient page (_pages.py); every
                 # other request, the WebSocket endpoint's above all, goes on to its handshake.
-                if await serve_page_if_asked(stream, self.limits.hello_timeout_s or 60.0):
+                gate = self._read_gate
+                first_bytes = None
+                if gate is not None and type(stream) is trio.SocketStream:
+                    first_bytes = functools.partial(gate.wait_readable, stream.socket.fileno())
+                if await serve_page_if_asked(stream, self.limits.hello_timeout_s or 60.0, first_bytes):
                     return
                 await handle(stream)
             except Exception as error:
@@ -402,6 +416,9 @@ class QueueChatServer:
         """One TCP connection's only task: the HTTP handshake, then the connection's frames."""
         ws = ServerWebSocket(stream, max_message_size=self.limits.max_frame_bytes)
         ws.wait_to_end = self._wait_to_end
+        if self._read_gate is not None and type(stream) is trio.SocketStream:
+            ws.read_gate = self._read_gate
+            ws.junior_until = trio.current_time() + _JUNIOR_S
         try:
             # A peer that never sends its HTTP request is closed after the hello timeout.
             arrived = False
@@ -413,7 +430,10 @@ class QueueChatServer:
             if ws.closed is None and ws.is_open():
                 with trio.move_on_after(self._close_timeout_s):
                     await ws.aclose()
-            await trio.aclose_forcefully(stream)
+            if type(stream) is trio.SocketStream:
+                stream.socket.close()  # at once: aclose_forcefully adds a schedule point per connection
+            else:
+                await trio.aclose_forcefully(stream)
 
     async def _handle_request(self, request: WebSocketRequest) -> None:
         """One connection, from handshake to close; nothing that goes wrong here reaches other sessions."""
@@ -448,7 +468,8 @@ class QueueChatServer:
             with conn.scope:
                 self._counters.connections_total += 1
                 self._model.connect(conn.id, self._now())
-                log.debug("connection.opened", conn=conn.id, peer=str(ws.remote))
+                if log.is_enabled_for(logging.DEBUG):  # the peer's address costs a system call
+                    log.debug("connection.opened", conn=conn.id, peer=str(ws.remote))
                 self._start_timers(conn)
                 ws.on_message = conn.message
                 ws.on_pong = conn.pong
