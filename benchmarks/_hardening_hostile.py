@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks._hardening_hostile                  # every act, 10 s each
     .venv/bin/python -m benchmarks._hardening_hostile --acts flooder,burst --seconds 5 --json out.json
+    .venv/bin/python -m benchmarks._hardening_hostile --decoy   # + each act against a decoy server
 
 The reference server runs in a process of its own with the contract's default
 limits. A steady control clinic (``--rooms`` rooms of a clinician and four
@@ -11,7 +12,15 @@ and after each hostile act; the act itself runs in a second process of its own
 (this file with ``--act``), so that the measure is of the server, not of a
 client sharing a loop with the attacker. On this 2-core machine the attacker's
 own CPU is a third process competing with the server: its CPU share is
-recorded next to the figures.
+recorded next to the figures, and so is the server's in every window.
+
+``--decoy`` separates the machine's share of a ratio from the server's: each
+act is played a second time against a decoy server (a second process, the
+same settings) while the control clinic keeps talking to the first. The
+attacker and a busy server still take the cores, but the measured server has
+nothing of the act to do: the decoy's "during / before" ratio is the floor the
+machine imposes, and the real ratio above it is the server's own (``decoy``
+per act, with the attacker's and the decoy server's CPU shares).
 
 Acts: ``slow_reader`` (clinicians that stop reading while patients write to
 them, R42), ``flooder`` (a patient pipelining requests far past R43),
@@ -24,6 +33,7 @@ them, R42), ``flooder`` (a patient pipelining requests far past R43),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -154,19 +164,74 @@ def run_act(name: str, url: str, seconds: float) -> None:
 # --------------------------------------------------------------------------- the measure
 
 
-def window(swarm: Swarm, seconds: float, rate: float) -> dict[str, Any]:
+def cpu_share(pid: int, cpu0: float, t0: float) -> float:
+    """A process's CPU since ``cpu0`` at ``t0``, in cores (nan if it is gone)."""
+    try:
+        return round((cpu_seconds(pid) - cpu0) / (time.monotonic() - t0), 2)
+    except OSError:
+        return float("nan")
+
+
+def window(swarm: Swarm, seconds: float, rate: float, server_pid: int) -> dict[str, Any]:
     swarm.tally.latencies_ms.clear()
+    cpu0, t0 = cpu_seconds(server_pid), time.monotonic()
     swarm.drive(seconds, rate)
     lat = swarm.tally.latencies_ms
     return {"deliveries": len(lat), "p50_ms": round(percentile(lat, 50), 2),
-            "p99_ms": round(percentile(lat, 99), 2), "max_ms": round(max(lat), 2) if lat else None}
+            "p99_ms": round(percentile(lat, 99), 2), "max_ms": round(max(lat), 2) if lat else None,
+            "server_cpu_share": cpu_share(server_pid, cpu0, t0)}
 
 
-def measure(acts: list[str], seconds: float, rooms: int, rate: float) -> dict[str, Any]:
+def settle(swarm: Swarm, rate: float, baselines: list[tuple[ServerProcess, int, int]]) -> None:
+    """Back to the control clinic alone: each server at its (connections, tasks) level, the last act gone."""
+    for _ in range(300):
+        levels = [(server.stats(heavy=False), connections, tasks) for server, connections, tasks in baselines]
+        if all(stats["connections_open"] == connections and stats["tasks_living"] <= tasks + 5
+               for stats, connections, tasks in levels):
+            break
+        swarm.drive(0.2, rate)
+    swarm.drive(2, rate)
+
+
+def play(act: str, swarm: Swarm, measured: ServerProcess, target: ServerProcess, seconds: float,
+         rate: float) -> dict[str, Any]:
+    """The control clinic's windows (on ``measured``) before, during and after ``act`` played at ``target``.
+
+    ``target`` is ``measured`` for the real figure, the decoy server for the
+    machine's own share of it: the same attacker and a server as busy, but no
+    shared loop with the control clinic.
+    """
+    before = window(swarm, seconds, rate, measured.pid)
+    attacker = subprocess.Popen([sys.executable, "-m", "benchmarks._hardening_hostile", "--act", act,
+                                 "--url", target.url, "--seconds", str(seconds + 2)], cwd=ROOT)
+    swarm.drive(1.0, rate)  # the act gets going
+    attacker_cpu0, target_cpu0, t0 = cpu_seconds(attacker.pid), cpu_seconds(target.pid), time.monotonic()
+    load = load_average()
+    during = window(swarm, seconds, rate, measured.pid)
+    attacker_cpu = cpu_share(attacker.pid, attacker_cpu0, t0)
+    target_cpu = cpu_share(target.pid, target_cpu0, t0)
+    end = time.monotonic() + 60
+    while attacker.poll() is None and time.monotonic() < end:
+        swarm.drive(0.2, rate)
+    if attacker.poll() is None:
+        attacker.kill()
+        attacker.wait()
+    after = window(swarm, seconds / 2, rate, measured.pid)
+    ratio = during["p99_ms"] / before["p99_ms"] if before["p99_ms"] else float("nan")
+    return {"before": before, "during": during, "after": after, "p99_during_over_before": round(ratio, 2),
+            "attacker_cpu_share": attacker_cpu, "target_server_cpu_share": target_cpu,
+            "load_average_during": load, "attacker_exit": attacker.returncode}
+
+
+def measure(acts: list[str], seconds: float, rooms: int, rate: float, decoy: bool = False) -> dict[str, Any]:
     raise_nofile(8000)
     out: dict[str, Any] = {"rate_msgs_per_s": rate, "control_rooms": rooms, "seconds": seconds, "acts": {},
                            "load_before": load_average()}
-    with ServerProcess(nofile=8000, log_level="warning") as server:
+    with contextlib.ExitStack() as servers:
+        server = servers.enter_context(ServerProcess(nofile=8000, log_level="warning"))
+        decoy_server: ServerProcess | None = None
+        if decoy:  # a second process, the same settings
+            decoy_server = servers.enter_context(ServerProcess(nofile=8000, log_level="warning"))
         swarm = Swarm(server.url)
         for r in range(rooms):
             room = f"control-{r}"
@@ -176,44 +241,26 @@ def measure(acts: list[str], seconds: float, rooms: int, rate: float) -> dict[st
         if not swarm.wait_open(60):
             raise SystemExit("the control clinic did not open")
         swarm.drive(2, rate)  # warm-up
-        control_connections = server.stats(heavy=False)["connections_open"]
-        tasks_level = server.stats(heavy=False)["tasks_living"]
+        stats = server.stats(heavy=False)
+        baselines = [(server, stats["connections_open"], stats["tasks_living"])]
+        if decoy_server is not None:
+            stats = decoy_server.stats(heavy=False)
+            baselines.append((decoy_server, stats["connections_open"], stats["tasks_living"]))
         for act in acts:
-            # Back to the control clinic alone (the last act's connections gone), then the "before".
-            for _ in range(300):
-                stats = server.stats(heavy=False)
-                settled = stats["tasks_living"] <= tasks_level + 5
-                if stats["connections_open"] == control_connections and settled:
-                    break
-                swarm.drive(0.2, rate)
-            swarm.drive(2, rate)
-            before = window(swarm, seconds, rate)
-            attacker = subprocess.Popen([sys.executable, "-m", "benchmarks._hardening_hostile", "--act", act,
-                                         "--url", server.url, "--seconds", str(seconds + 2)], cwd=ROOT)
-            swarm.drive(1.0, rate)  # the act gets going
-            cpu0, t0 = cpu_seconds(attacker.pid), time.monotonic()
-            load = load_average()
-            during = window(swarm, seconds, rate)
-            try:
-                attacker_cpu = (cpu_seconds(attacker.pid) - cpu0) / (time.monotonic() - t0)
-            except OSError:
-                attacker_cpu = float("nan")
-            end = time.monotonic() + 60
-            while attacker.poll() is None and time.monotonic() < end:
-                swarm.drive(0.2, rate)
-            if attacker.poll() is None:
-                attacker.kill()
-            after = window(swarm, seconds / 2, rate)
-            ratio = during["p99_ms"] / before["p99_ms"] if before["p99_ms"] else float("nan")
+            settle(swarm, rate, baselines)
+            real = play(act, swarm, server, server, seconds, rate)
+            del real["target_server_cpu_share"]  # the during window's server_cpu_share
             stats = server.stats(heavy=False)
-            out["acts"][act] = {"before": before, "during": during, "after": after,
-                                "p99_during_over_before": round(ratio, 2),
-                                "attacker_cpu_share": round(attacker_cpu, 2), "load_average_during": load,
-                                "attacker_exit": attacker.returncode,
-                                "server": {k: stats[k] for k in ("slow_reader_drops", "rate_limited",
-                                                                 "lost_connections", "internal_errors",
-                                                                 "connections_open")}}
-            print(json.dumps({act: out["acts"][act]}), flush=True)
+            real["server"] = {k: stats[k] for k in ("slow_reader_drops", "rate_limited", "lost_connections",
+                                                    "internal_errors", "connections_open")}
+            out["acts"][act] = real
+            if decoy_server is not None:
+                settle(swarm, rate, baselines)
+                played = play(act, swarm, server, decoy_server, seconds, rate)
+                real["decoy"] = {k: played[k] for k in ("before", "during", "after", "p99_during_over_before",
+                                                        "attacker_cpu_share")}
+                real["decoy"]["decoy_server_cpu_share"] = played["target_server_cpu_share"]
+            print(json.dumps({act: real}), flush=True)
         out["control_errors"] = dict(swarm.tally.errors)
         out["control_closes"] = dict(swarm.tally.closes)
         swarm.close_all()
@@ -228,13 +275,15 @@ def main() -> int:
     parser.add_argument("--rooms", type=int, default=20)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--decoy", action="store_true",
+                        help="play every act a second time against a server of its own (the machine's share)")
     parser.add_argument("--act", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--url", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.act is not None:
         run_act(args.act, args.url, args.seconds)
         return 0
-    result = measure(args.acts.split(","), args.seconds, args.rooms, args.rate)
+    result = measure(args.acts.split(","), args.seconds, args.rooms, args.rate, decoy=args.decoy)
     print(json.dumps(result, indent=2))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
