@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -223,15 +224,20 @@ def play(act: str, swarm: Swarm, measured: ServerProcess, target: ServerProcess,
             "load_average_during": load, "attacker_exit": attacker.returncode}
 
 
-def measure(acts: list[str], seconds: float, rooms: int, rate: float, decoy: bool = False) -> dict[str, Any]:
+def measure(acts: list[str], seconds: float, rooms: int, rate: float, decoy: bool = False,
+            server_cpu: int | None = None) -> dict[str, Any]:
     raise_nofile(8000)
     out: dict[str, Any] = {"rate_msgs_per_s": rate, "control_rooms": rooms, "seconds": seconds, "acts": {},
-                           "load_before": load_average()}
+                           "load_before": load_average(), "server_cpu": server_cpu}
+    if server_cpu is not None:
+        # The servers on their core, this process (the control clinic) and the attackers on the others.
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - {server_cpu})
     with contextlib.ExitStack() as servers:
-        server = servers.enter_context(ServerProcess(nofile=8000, log_level="warning"))
+        server = servers.enter_context(ServerProcess(nofile=8000, log_level="warning", cpu=server_cpu))
         decoy_server: ServerProcess | None = None
         if decoy:  # a second process, the same settings
-            decoy_server = servers.enter_context(ServerProcess(nofile=8000, log_level="warning"))
+            decoy_server = servers.enter_context(
+                ServerProcess(nofile=8000, log_level="warning", cpu=server_cpu))
         swarm = Swarm(server.url)
         for r in range(rooms):
             room = f"control-{r}"
@@ -277,13 +283,16 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--decoy", action="store_true",
                         help="play every act a second time against a server of its own (the machine's share)")
+    parser.add_argument("--server-cpu", type=int, default=None, metavar="N",
+                        help="pin the server(s) to core N, everything else to the other cores (Linux)")
     parser.add_argument("--act", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--url", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.act is not None:
         run_act(args.act, args.url, args.seconds)
         return 0
-    result = measure(args.acts.split(","), args.seconds, args.rooms, args.rate, decoy=args.decoy)
+    result = measure(args.acts.split(","), args.seconds, args.rooms, args.rate, decoy=args.decoy,
+                     server_cpu=args.server_cpu)
     print(json.dumps(result, indent=2))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
