@@ -3,10 +3,10 @@ docs/protocol.md alone, taking every freedom the other way) is reported under th
 shipped scenario run over `--url` against it; the unbroken second server gives no violation at all.
 
 Runs are over real sockets on loopback, time-compressed (``speed``), each as short as still shows its
-break reliably: two scenario minutes of refresh_storm at 20x (about 6 s of wall time) for most, four
-at 30x for R31 (a patient writing while a clinician has turned patient-initiated chat off), and an hour
-of busy_clinic_day at 120x (about 30 s) for R11 (a departed patient's box closed: patients leave after
-half an hour or so). The runs are independent (a server and a simulation each) and mostly wait for
+break reliably: two scenario minutes of refresh_storm at 20x (about 6 s of wall time) for most, and an
+hour of busy_clinic_day at 120x (about 30 s) for R11 (a departed patient's box closed: patients leave
+after half an hour or so) and R31 (a patient writing while a clinician has turned patient-initiated chat
+off). The runs are independent (a server and a simulation each) and mostly wait for
 real time (an hour of busy_clinic_day at 120x keeps about half a core busy, two minutes of
 refresh_storm at 20x a fifth), so they go four at a time, in worker processes, started together when
 the module's first test asks for them: the two long runs on two workers, the short ones on the other
