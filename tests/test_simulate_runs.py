@@ -8,7 +8,9 @@ In-process runs are in virtual time and short; runs over sockets use the second 
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import re
 import signal
@@ -16,6 +18,8 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,8 +28,10 @@ import pytest
 
 from reference_server._domain import Send
 from reference_server._frames import Unread
+from reference_server._logging import configure_logging
 from reference_server.domain import QueueChatModel
 from simulator import (
+    RunResult,
     ScenarioError,
     check_history,
     load_scenario,
@@ -78,6 +84,45 @@ def run_cli(*args: str, timeout: float = 120.0,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*QUEUECHAT, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           env={**os.environ, **(env or {})}, check=False)
+
+
+def short_url_run(folder: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Ten seconds of quiet_morning over ``--url`` against the second server, and its wall time."""
+    with second_server() as url:
+        started = time.monotonic()
+        done = run_cli("simulate", "quiet_morning", "--url", url, "--duration", "10s", "--out", folder,
+                       "--no-progress", timeout=60.0)
+        took = time.monotonic() - started
+    return done, took
+
+
+def dying_server_run(folder: str) -> tuple[RunResult, Path]:
+    """demo against a second server that stops accepting connections after 4 s: the result, the history."""
+    configure_logging("error")
+    history = Path(folder) / "h.jsonl"
+    scenario = replace(load_scenario("demo"), duration_s=20.0, healing_s=8.0)
+    with second_server(die_after=4) as url:
+        return run_over_sockets(scenario, url, history), history
+
+
+SOCKET_RUNS = {"short_url_run": ("test_a_short_url_run_takes_about_its_duration", short_url_run),
+               "dying_server": ("test_a_server_that_dies_mid_run_is_incomplete_exit_3", dying_server_run)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def socket_runs(request: pytest.FixtureRequest,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[Any]]]:
+    """The selected runs of this module that wait for real time (about 13 s and 6 s), started with its
+    first test in worker processes: they go on beside the in-process runs (CPU) instead of after them."""
+    selected = {getattr(item, "originalname", "") for item in request.session.items
+                if getattr(item, "module", None) is request.module}
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold Trio's state
+    with concurrent.futures.ProcessPoolExecutor(max_workers=len(SOCKET_RUNS), mp_context=context) as pool:
+        futures = {key: pool.submit(run, str(tmp_path_factory.mktemp(key)))
+                   for key, (test, run) in SOCKET_RUNS.items() if test in selected}
+        yield futures
+        for future in futures.values():
+            future.cancel()
 
 
 def frames(path: Path) -> list[dict[str, Any]]:
@@ -261,14 +306,12 @@ def test_a_wrong_path_ends_with_exit_2(tmp_path: Path) -> None:
     assert "upgrade was refused" in done.stdout and "VIOLATION" not in done.stdout
 
 
-def test_a_server_that_dies_mid_run_is_incomplete_exit_3(tmp_path: Path) -> None:
-    scenario = replace(load_scenario("demo"), duration_s=20.0, healing_s=8.0)
-    with second_server(die_after=4) as url:
-        result = run_over_sockets(scenario, url, tmp_path / "h.jsonl")
+def test_a_server_that_dies_mid_run_is_incomplete_exit_3(socket_runs: dict[str, Future[Any]]) -> None:
+    result, history = socket_runs["dying_server"].result(timeout=120)
     assert result.outcome == "incomplete", result.reason
     assert result.reason is not None and "stopped accepting connections" in result.reason
     assert result.wall_s < 15.0  # noticed at the first reconnect, not at the end of the scenario
-    end = frames(tmp_path / "h.jsonl")[-1]
+    end = frames(history)[-1]
     assert end["kind"] == "end" and end["incomplete"] == result.reason
     from queuechat._simulate import _exit_code
 
@@ -355,12 +398,8 @@ def test_quiet_hides_the_in_process_servers_warnings(tmp_path: Path) -> None:
     assert quiet.stderr == ""
 
 
-def test_a_short_url_run_takes_about_its_duration(tmp_path: Path) -> None:
-    with second_server() as url:
-        started = time.monotonic()
-        done = run_cli("simulate", "quiet_morning", "--url", url, "--duration", "10s", "--out", str(tmp_path),
-                       "--no-progress", timeout=60.0)
-        took = time.monotonic() - started
+def test_a_short_url_run_takes_about_its_duration(socket_runs: dict[str, Future[Any]]) -> None:
+    done, took = socket_runs["short_url_run"].result(timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert took < 18.0  # ten seconds of clinic, a bounded teardown, Python's start-up
 

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -336,37 +337,57 @@ call_length = { dist = "constant", value = "1s" }
 """
 
 
-def test_url_mode_against_the_reference_server_on_loopback(tmp_path: Path) -> None:
-    """The same agents over real sockets, in real time; no violation, and `check` agrees."""
-    scenario = tmp_path / "fast.toml"
+def url_mode_run(folder: Path) -> tuple[str | None, subprocess.CompletedProcess[str] | None]:
+    """``queuechat serve`` and ``simulate --url`` against it, in real time (about 11 s): the server's
+    URL (None if it never said it was ready) and the simulation's run."""
+    scenario = folder / "fast.toml"
     scenario.write_text(FAST_REAL_TIME, encoding="utf-8")
     server = subprocess.Popen([*QUEUECHAT, "serve", "--port", "0", "--log-level", "warning"], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert server.stdout is not None
-        url = None
         for _ in range(5):  # the development-secret notice, then the ready line
             line = server.stdout.readline()
             match = re.search(r"ready on (ws://\S+)", line)
             if match:
                 url = match.group(1)
-                break
-        assert url is not None, "the server never said it was ready"
-        done = run_cli("simulate", str(scenario), "--url", url, "--out", str(tmp_path), "--no-progress",
-                       timeout=60.0)
-        assert done.returncode == 0, done.stdout + done.stderr
-        history = tmp_path / "fast_real_time-seed1.jsonl"
-        header, records = read_history(history)
-        assert header["mode"] == "socket" and header["server"] == url
-        sent = sum(1 for _, r in records if r.get("kind") == "frame" and r["dir"] == "out"
-                   and r["frame"]["type"] == "send")
-        assert sent > 10
-        assert run_cli("check", str(history)).returncode == 0
+                return url, run_cli("simulate", str(scenario), "--url", url, "--out", str(folder),
+                                    "--no-progress", timeout=60.0)
+        return None, None
     finally:
         server.terminate()
         server.wait(timeout=10)
         if server.stdout is not None:
             server.stdout.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def url_mode(request: pytest.FixtureRequest,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Future[Any] | None]:
+    """The URL-mode run, when its test is selected, started with the module's first test on a thread
+    (it only waits for its processes): its 11 s of real time go by beside the other tests' CPU work."""
+    test = "test_url_mode_against_the_reference_server_on_loopback"
+    if not any(getattr(item, "module", None) is request.module and getattr(item, "originalname", "") == test
+               for item in request.session.items):
+        yield None
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool.submit(url_mode_run, tmp_path_factory.mktemp("url-mode"))
+
+
+def test_url_mode_against_the_reference_server_on_loopback(url_mode: Future[Any] | None) -> None:
+    """The same agents over real sockets, in real time; no violation, and `check` agrees."""
+    assert url_mode is not None
+    url, done = url_mode.result(timeout=120)
+    assert url is not None, "the server never said it was ready"
+    assert done is not None and done.returncode == 0, done.stdout + done.stderr
+    history = Path(done.args[done.args.index("--out") + 1]) / "fast_real_time-seed1.jsonl"  # its --out
+    header, records = read_history(history)
+    assert header["mode"] == "socket" and header["server"] == url
+    sent = sum(1 for _, r in records if r.get("kind") == "frame" and r["dir"] == "out"
+               and r["frame"]["type"] == "send")
+    assert sent > 10
+    assert run_cli("check", str(history)).returncode == 0
 
 
 def test_scenario_dir_is_the_shipped_one() -> None:

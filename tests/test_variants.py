@@ -12,7 +12,8 @@ c. every failing test is named after a rule the variant breaks, or is in the
    variant's ``also_fails`` allowance (each entry justified there), and every
    entry of that allowance does fail (no stale allowance).
 
-The runs go in parallel (one per CPU, at least two); each is bounded by a
+The runs go in parallel (two per CPU, at least four: a run mostly waits, on
+the receive timeouts of the tests the variant fails); each is bounded by a
 timeout. Only test names and counts are reported, never frame contents.
 """
 
@@ -69,7 +70,7 @@ class _Runner:
     """Starts every selected variant's run at once (bounded pool) and hands out the results."""
 
     def __init__(self, names: list[str]) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1))
+        self._pool = ThreadPoolExecutor(max_workers=max(4, 2 * (os.cpu_count() or 1)))
         self._runs: dict[str, Future[Run]] = {name: self._pool.submit(_run_variant, name) for name in names}
 
     def result(self, name: str) -> Run:
