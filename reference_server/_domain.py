@@ -153,12 +153,14 @@ class _Room:
         "patients",
         "positions_stale",
         "slug",
+        "waiting",
     )
 
     def __init__(self, slug: str) -> None:
         self.slug = slug
         self.clinician: int | None = None
         self.patients: dict[str, _Patient] = {}  # present patients, in queue order
+        self.waiting = 0  # how many of them wait (not in the call): a hello's place, without a walk
         self.box_state = "closed"
         self.box_patient: _Patient | None = None
         self.call: _Patient | None = None
@@ -174,7 +176,7 @@ class _Room:
         return "on_call" if self.call is not None else "online"
 
     def waiting_count(self) -> int:
-        return sum(1 for p in self.patients.values() if p.state == WAITING)
+        return self.waiting
 
     def is_idle(self) -> bool:
         return self.clinician is None and not self.patients
@@ -423,6 +425,7 @@ class QueueChatModel:
             patient_id = self._new_patient_id()
         patient = _Patient(patient_id, hello.name, session.conn, _ms(now))
         room.patients[patient_id] = patient
+        room.waiting += 1
         session.role, session.room, session.patient = "patient", room, patient
         position = room.waiting_count()
         patient.told_position = position
@@ -591,7 +594,9 @@ class QueueChatModel:
             raise _fail(ErrorCode.CALL_IN_PROGRESS, "a call is already in progress")
         self._settle_positions(room, out)  # places from before the call go before its frames (§5)
         status_before = room.provider_status()
+        assert patient.state == WAITING  # the one call is nobody else's (checked above)
         patient.state = IN_CALL
+        room.waiting -= 1
         room.call = patient
         shown = room.box_patient
         if shown is not None and shown.state == DEPARTED:
@@ -638,6 +643,7 @@ class QueueChatModel:
         status_before = room.provider_status()
         was_waiting = patient.state == WAITING
         del room.patients[patient.id]
+        room.waiting -= was_waiting
         patient.state, patient.conn, patient.unread = DEPARTED, None, 0
         if room.call is patient:
             room.call = None
