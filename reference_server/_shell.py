@@ -10,8 +10,11 @@ closing, and drains its bounded outbound queue (R42). One timer task per server
 keeps every hello deadline, heartbeat and liveness deadline (R45) in a heap.
 ``position`` pushes are coalesced and spread over scheduler rounds: a departure is one
 effect, which the flusher expands once per round and room (see docs/protocol.md,
-Choices, and docs/server-internals.md). Shutdown (R46) closes every connection with 1001,
-waits at most ``close_timeout_s``, then cancels what is left.
+Choices, and docs/server-internals.md). New connections' handshakes, connection ends, and
+reads in a connection's first seconds (the read gate, ``_readgate.py``) are let through a few per
+scheduler round, so that a crowd arriving or leaving at once does not stall the sessions already
+open. Shutdown (R46) closes every connection with 1001, waits at most ``close_timeout_s``, then
+cancels what is left.
 """
 
 from __future__ import annotations
